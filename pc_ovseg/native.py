@@ -58,5 +58,28 @@ def _bincount3(out: np.ndarray, inverse: np.ndarray, xyz: np.ndarray) -> None:
 
 # --- fusion: streaming accumulation (fusion.cpp) ------------------------------------------
 
+def fuse_accumulate(acc: np.ndarray, wsum: np.ndarray, count: np.ndarray, ids: np.ndarray,
+                    feats: np.ndarray, weights: np.ndarray) -> None:
+    """In place: running weighted mean of ``feats`` into the fp16 accumulator rows ``ids``.
+
+    ``acc`` (N, D) float16, ``wsum`` (N,) float32, ``count`` (N,) uint16; ids unique per call.
+    """
+    if acc.dtype != np.float16 or not acc.flags.c_contiguous:
+        raise ValueError("acc must be a C-contiguous float16 array")
+    _C.fuse_accumulate(acc.view(np.uint16), wsum, count, _f(ids, np.int64), _f(feats), _f(weights))
+
+
+def fuse_add_weights(totals: np.ndarray, ids: np.ndarray, weights: np.ndarray, group: int) -> None:
+    """In place: ``totals[ids, group] += weights`` (ids may repeat)."""
+    _C.fuse_add_weights(totals, _f(ids, np.int64), _f(weights), int(group))
+
+
+def normalize_rows_half(acc: np.ndarray) -> None:
+    """In place L2 normalisation of float16 rows (zero rows stay zero)."""
+    if acc.dtype != np.float16 or not acc.flags.c_contiguous:
+        raise ValueError("acc must be a C-contiguous float16 array")
+    _C.normalize_rows_half(acc.view(np.uint16))
+
+
 
 # --- backbone: sparse convolution kernel maps (sparse.cpp) --------------------------------
