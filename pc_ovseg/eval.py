@@ -388,6 +388,159 @@ def evaluate(pred, gt, class_names: "Sequence[str] | LabelSet", *, ignore_ids: S
                       num_ignored=int(len(gt) - len(gt_v)))
 
 
+# --- reading per-point labels -------------------------------------------------------------------
+
+LABEL_FILE_EXTS = (".npy", ".label", ".labels", ".txt")
+# Per-point fields tried, in order, when none is named: PLY 'label', LAS 'classification', ...
+LABEL_FIELDS = ("label", "labels", "classification", "class", "semantic", "semantic_label", "scalar_label",
+                "category_id", "pred", "prediction")
+
+
+def read_point_labels(path: str | os.PathLike, field: str | None = None) -> np.ndarray:
+    """One integer label per point from a label file (.npy/.label/.txt) or a cloud's field.
+
+    Clouds and label files are read by pc_ovseg.io (read_cloud / read_labels). ``field`` names the
+    per-point field of a cloud (``label`` in PLY, ``classification`` in LAS); by default the first
+    of LABEL_FIELDS the cloud has.
+    """
+    from .errors import check_input_path
+    p = check_input_path(path)
+    ext = Path(p).suffix.lower()
+    if ext in LABEL_FILE_EXTS and field is None:
+        labels = _read_label_file(p)
+    else:
+        fields = _read_cloud_fields(p)
+        if field is None:
+            field = next((f for f in LABEL_FIELDS if f in fields), None) or \
+                next((f for f in fields if f.lower() in LABEL_FIELDS), None)
+            if field is None:
+                raise InputError(p, f"no label field (looked for {', '.join(LABEL_FIELDS[:3])}, ...); "
+                                    f"fields: {', '.join(fields) or 'none'}; name one with --gt-field/--pred-field")
+        elif field not in fields:
+            match = [f for f in fields if f.lower() == field.lower()]
+            if not match:
+                raise InputError(p, f"no field {field!r}; fields: {', '.join(fields) or 'none'}")
+            field = match[0]
+        labels = np.asarray(fields[field])
+    labels = np.asarray(labels)
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.ndim != 1:
+        raise InputError(p, f"labels have shape {labels.shape}, expected one value per point")
+    return _as_int_labels(labels, p)
+
+
+def _read_label_file(p: str) -> np.ndarray:
+    try:
+        from .io import read_labels
+    except ImportError:
+        read_labels = None
+    if read_labels is not None:
+        return np.asarray(read_labels(p))
+    ext = Path(p).suffix.lower()
+    try:
+        if ext == ".npy":
+            return np.load(p, allow_pickle=False)
+        if ext in (".label", ".labels") and os.path.getsize(p) % 4 == 0:
+            # SemanticKITTI: uint32, semantic id in the lower 16 bits, instance id above
+            return (np.fromfile(p, dtype=np.uint32) & 0xFFFF).astype(np.int32)
+        return np.loadtxt(p, ndmin=1)
+    except (OSError, ValueError) as exc:
+        raise InputError(p, f"cannot read labels ({' '.join(str(exc).split())})") from None
+
+
+def _read_cloud_fields(p: str) -> dict[str, np.ndarray]:
+    """Per-point fields of a cloud file (names as pc_ovseg.io reports them)."""
+    try:
+        from .io import read_cloud
+    except ImportError:
+        read_cloud = None
+    if read_cloud is not None:
+        return dict(read_cloud(p).fields)
+    ext = Path(p).suffix.lower()
+    try:
+        if ext in (".las", ".laz"):
+            import laspy
+            las = laspy.read(p)
+            return {d: np.asarray(las[d]) for d in las.point_format.dimension_names
+                    if d not in ("X", "Y", "Z")}
+        if ext == ".ply":
+            from plyfile import PlyData
+            v = PlyData.read(p)["vertex"].data
+            return {n: np.asarray(v[n]) for n in v.dtype.names if n not in ("x", "y", "z")}
+    except Exception as exc:  # any reader failure is a bad file, reported in one line
+        raise InputError(p, f"cannot read cloud ({type(exc).__name__}: {' '.join(str(exc).split())})") from None
+    raise InputError(p, f"unsupported file type {ext!r} for labels (use .ply, .las/.laz, .npy, .label, .txt)")
+
+
+def _is_feature_cloud(path: str) -> bool:
+    return Path(path).suffix.lower() == ".npz"
+
+
+def predict_feature_cloud(path: str | os.PathLike, vocab: LabelSet) -> tuple[np.ndarray, np.ndarray]:
+    """Labels of a FeatureCloud .npz queried with ``vocab``: (ids of vocab, seen mask).
+
+    Queries go through pc_ovseg.query.QueryEngine, the same path ``pc-ovseg query`` takes; points
+    no view saw come back as -1.
+    """
+    from .data import FeatureCloud
+    from .query import QueryEngine  # heavy (text encoders): only when a feature file is evaluated
+    fc = FeatureCloud.load(path)
+    out = QueryEngine(fc).labels(vocab.names)
+    idx = getattr(out, "labels", out[0] if isinstance(out, tuple) else out)
+    idx = _as_int_labels(np.asarray(idx).reshape(-1), path)
+    if len(idx) != len(fc.weight):
+        raise InputError(path, f"query returned {len(idx)} labels for {len(fc.weight)} points")
+    ok = (idx >= 0) & (idx < vocab.num_classes)
+    ids = np.where(ok, vocab.ids[np.clip(idx, 0, max(vocab.num_classes - 1, 0))], -1)
+    return ids, np.asarray(fc.seen, dtype=bool)
+
+
+def evaluate_files(pred: str | os.PathLike, gt: str | os.PathLike, classes=None, *, labels=None,
+                   pred_field: str | None = None, gt_field: str | None = None, ignore_ids: Sequence[int] = (),
+                   remap_gt: bool = False, remap_pred: bool = False) -> tuple[EvalResult, LabelSet]:
+    """``pc-ovseg eval``: read PRED and GT (clouds, label files, or a FeatureCloud .npz) and score.
+
+    ``classes`` (anything :func:`parse_classes` takes) names GT label ids. A FeatureCloud PRED is
+    queried with ``labels`` (default: ``classes``, else the file's own class names); its answers are
+    matched to ``classes`` by name. ``remap_*`` maps raw dataset ids through the label set's raw ids.
+    """
+    pred, gt = os.fspath(pred), os.fspath(gt)
+    gt_labels = read_point_labels(gt, gt_field)
+    seen = None
+    if _is_feature_cloud(pred) and pred_field is None:
+        if labels is None and classes is None:
+            from .data import FeatureCloud
+            names = FeatureCloud.load(pred).class_names
+            if not names:
+                raise InputError(pred, "feature file has no class names: give --labels or --classes")
+            labels = names
+        vocab = parse_classes(labels if labels is not None else classes)
+        cls = parse_classes(classes) if classes is not None else vocab
+        ids, seen = predict_feature_cloud(pred, vocab)
+        if cls is not vocab:  # match the vocabulary's answers to the GT ids by class name
+            table = np.full(len(vocab.class_names) + 1, -1, dtype=np.int64)
+            for i, n in zip(vocab.ids, vocab.names):
+                j = cls.id_of(n)
+                table[i] = -1 if j is None else j
+            ids = np.where(ids >= 0, table[ids], -1)
+        pred_labels = ids
+    else:
+        classes = classes if classes is not None else labels
+        if classes is None:
+            raise InputError(None, "--classes is required: a label set name (e.g. scannet20), a JSON file, "
+                                   "or comma-separated class names indexed by label id")
+        cls = parse_classes(classes)
+        pred_labels = read_point_labels(pred, pred_field)
+    if remap_gt:
+        gt_labels = remap_labels(gt_labels, cls)
+    if remap_pred:
+        pred_labels = remap_labels(pred_labels, cls)
+    if len(pred_labels) != len(gt_labels):
+        raise InputError(pred, f"has {len(pred_labels)} points but the ground truth {gt} has {len(gt_labels)}")
+    return evaluate(pred_labels, gt_labels, cls, ignore_ids=ignore_ids, seen=seen), cls
+
+
 # --- presentation -------------------------------------------------------------------------------
 
 def format_table(result: EvalResult, *, all_classes: bool = False) -> str:
@@ -481,4 +634,4 @@ def save_bar_chart(result: EvalResult, path: str | os.PathLike, *, width: int = 
 
 
 __all__ = ["LabelSet", "load_labelset", "list_labelsets", "parse_classes", "remap_labels", "evaluate",
-           "EvalResult", "format_table", "save_bar_chart", "chart_size", "LABELSET_DIRS"]
+           "read_point_labels", "evaluate_files", "EvalResult", "format_table", "save_bar_chart", "chart_size", "LABELSET_DIRS"]
