@@ -215,12 +215,14 @@ def parse_classes(arg: "str | os.PathLike | Sequence[str] | LabelSet") -> LabelS
     s = os.fspath(arg).strip()
     if not s:
         raise InputError(None, "empty class list")
-    if "," not in s:
-        files = _labelset_files()
-        if any(_norm_name(stem) == _norm_name(s) for stem in files) or os.path.isfile(s) \
-                or s.lower().endswith((".json", ".txt")):
+    if "," not in s:  # a single word is a label set or a file; "chair," is a one-class list
+        try:
             return load_labelset(s)
-    names = [n.strip() for n in s.split(",")]
+        except InputError as exc:
+            if exc.path is None:
+                raise InputError(None, f"{exc.problem}; for a one-class list write {s + ','!r}") from None
+            raise
+    names = [n.strip() for n in (s[:-1] if s.endswith(",") else s).split(",")]
     if any(not n for n in names):
         raise InputError(None, f"empty class name in {s!r}")
     return LabelSet.from_names(names)
