@@ -367,27 +367,34 @@ def evaluate(pred, gt, class_names: "Sequence[str] | LabelSet", *, ignore_ids: S
         raise InputError(None, "labels must be one value per point")
     if len(gt) != len(pred):
         raise InputError(None, f"prediction has {len(pred)} points, ground truth {len(gt)}")
-    gt = gt.astype(np.int64, copy=False)
-    pred = pred.astype(np.int64, copy=False)
-
-    in_range = (gt >= 0) & (gt < C) & (gt != ignore_label)
-    valid = in_range.copy()
-    valid[in_range] = ~ignored[gt[in_range]]
-    gt_v = gt[valid]
-    pred_v = pred[valid]
+    if gt.dtype not in (np.int32, np.int64):  # clip() below needs a signed type that holds C
+        gt = gt.astype(np.int64)
+    if pred.dtype not in (np.int32, np.int64):
+        pred = pred.astype(np.int64)
+    # Lookup tables over ids -1..C (clipped): GT id -> row offset or -1, prediction -> column with
+    # C meaning "no prediction". Two gathers and one bincount; no per-class loops.
+    ar = np.arange(C, dtype=np.int64)
+    row_of = np.concatenate([[-1], np.where(ignored, -1, ar * (C + 1)), [-1]])
+    col_of = np.concatenate([[C], np.where(ignored, C, ar), [C]])
+    gt_c = np.clip(gt, -1, C)
+    if -1 <= ignore_label < C:
+        row_of[ignore_label + 1] = -1
+    row = row_of[gt_c + 1]
+    if ignore_label >= C or ignore_label < -1:  # outside the table: mask it explicitly
+        row[gt == ignore_label] = -1
+    col = col_of[np.clip(pred, -1, C) + 1]
     if seen is not None:
         seen = np.asarray(seen).reshape(-1)
         if len(seen) != len(gt):
             raise InputError(None, f"seen mask has {len(seen)} points, ground truth {len(gt)}")
-        pred_v = np.where(seen[valid].astype(bool), pred_v, -1)
-    has_pred = (pred_v >= 0) & (pred_v < C)
-    has_pred[has_pred] = ~ignored[pred_v[has_pred]]
-    col = np.where(has_pred, pred_v, C)  # column C = no prediction
-    cm = np.bincount(gt_v * (C + 1) + col, minlength=C * (C + 1)).reshape(C, C + 1)
+        col[~seen.astype(bool, copy=False)] = C
+    valid = row >= 0
+    n_valid = int(np.count_nonzero(valid))
+    cm = np.bincount(row[valid] + col[valid], minlength=C * (C + 1)).reshape(C, C + 1)
     ev = np.flatnonzero(~ignored)
     return EvalResult(class_names=[ls.class_names[i] for i in ev], class_ids=ev,
                       confusion=cm[np.ix_(ev, ev)].astype(np.int64), unpredicted=cm[ev, C].astype(np.int64),
-                      num_ignored=int(len(gt) - len(gt_v)))
+                      num_ignored=int(len(gt) - n_valid))
 
 
 # --- reading per-point labels -------------------------------------------------------------------
