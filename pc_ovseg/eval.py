@@ -399,7 +399,7 @@ def evaluate(pred, gt, class_names: "Sequence[str] | LabelSet", *, ignore_ids: S
 
 # --- reading per-point labels -------------------------------------------------------------------
 
-LABEL_FILE_EXTS = (".npy", ".label", ".labels", ".txt")
+LABEL_FILE_EXTS = (".npy", ".label", ".txt")
 # Per-point fields tried, in order, when none is named: PLY 'label', LAS 'classification', ...
 LABEL_FIELDS = ("label", "labels", "classification", "class", "semantic", "semantic_label", "scalar_label",
                 "category_id", "pred", "prediction")
@@ -440,46 +440,14 @@ def read_point_labels(path: str | os.PathLike, field: str | None = None) -> np.n
 
 
 def _read_label_file(p: str) -> np.ndarray:
-    try:
-        from .io import read_labels
-    except ImportError:
-        read_labels = None
-    if read_labels is not None:
-        return np.asarray(read_labels(p))
-    ext = Path(p).suffix.lower()
-    try:
-        if ext == ".npy":
-            return np.load(p, allow_pickle=False)
-        if ext in (".label", ".labels") and os.path.getsize(p) % 4 == 0:
-            # SemanticKITTI: uint32, semantic id in the lower 16 bits, instance id above
-            return (np.fromfile(p, dtype=np.uint32) & 0xFFFF).astype(np.int32)
-        return np.loadtxt(p, ndmin=1)
-    except (OSError, ValueError) as exc:
-        raise InputError(p, f"cannot read labels ({' '.join(str(exc).split())})") from None
+    from .io import read_labels
+    return np.asarray(read_labels(p))
 
 
 def _read_cloud_fields(p: str) -> dict[str, np.ndarray]:
-    """Per-point fields of a cloud file (names as pc_ovseg.io reports them)."""
-    try:
-        from .io import read_cloud
-    except ImportError:
-        read_cloud = None
-    if read_cloud is not None:
-        return dict(read_cloud(p).fields)
-    ext = Path(p).suffix.lower()
-    try:
-        if ext in (".las", ".laz"):
-            import laspy
-            las = laspy.read(p)
-            return {d: np.asarray(las[d]) for d in las.point_format.dimension_names
-                    if d not in ("X", "Y", "Z")}
-        if ext == ".ply":
-            from plyfile import PlyData
-            v = PlyData.read(p)["vertex"].data
-            return {n: np.asarray(v[n]) for n in v.dtype.names if n not in ("x", "y", "z")}
-    except Exception as exc:  # any reader failure is a bad file, reported in one line
-        raise InputError(p, f"cannot read cloud ({type(exc).__name__}: {' '.join(str(exc).split())})") from None
-    raise InputError(p, f"unsupported file type {ext!r} for labels (use .ply, .las/.laz, .npy, .label, .txt)")
+    """Per-point fields of a cloud file, as pc_ovseg.io names them (LAS 'classification', ...)."""
+    from .io import read_cloud
+    return dict(read_cloud(p).fields)
 
 
 def _is_feature_cloud(path: str) -> bool:

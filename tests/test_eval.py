@@ -256,10 +256,9 @@ def test_cli_las_and_errors(capsys, shared_data, tmp_path):
     for argv, msg in cases:
         code, out, err = run_cli(capsys, *argv)
         assert code == 2 and msg in err and err.count("\n") == 1, (argv, err)
-    (tmp_path / "xyz.npy").write_bytes(b"")
     np.save(tmp_path / "xyz.npy", np.zeros((5, 3), np.float32))
     code, _, err = run_cli(capsys, tmp_path / "xyz.npy", "--gt", tmp_path / "xyz.npy", "--classes", "a,b")
-    assert code == 2 and "one value per point" in err
+    assert code == 2 and "one integer per point" in err and "xyz.npy" in err
 
 
 def test_feature_cloud_prediction(tmp_path, kitti, shared_data):
