@@ -99,6 +99,23 @@ class LabelSet:
         """Prompts of each evaluated class, in the order of :attr:`names`."""
         return [list(self.prompts[n]) for n in self.names]
 
+    def prompt_names(self) -> list[str]:
+        """One query text per evaluated class (its first prompt), in the order of :attr:`names`."""
+        return [self.prompts[n][0] if self.prompts[n] else n for n in self.names]
+
+    def flat_prompts(self) -> tuple[list[str], np.ndarray]:
+        """Every prompt of every evaluated class, and the class position (in :attr:`names`) of each.
+
+        Querying with all prompts and mapping the winning prompt back to its class lets a class be
+        found by any of its synonyms.
+        """
+        texts, owner = [], []
+        for k, n in enumerate(self.names):
+            for p in self.prompts[n] or [n]:
+                texts.append(p)
+                owner.append(k)
+        return texts, np.asarray(owner, dtype=np.int64)
+
     def id_of(self, name: str) -> int | None:
         """Label id of a class name (case, spaces and punctuation do not matter)."""
         key = _norm_name(name)
@@ -455,21 +472,27 @@ def _is_feature_cloud(path: str) -> bool:
 
 
 def predict_feature_cloud(path: str | os.PathLike, vocab: LabelSet) -> tuple[np.ndarray, np.ndarray]:
-    """Labels of a FeatureCloud .npz queried with ``vocab``: (ids of vocab, seen mask).
+    """Labels of a FeatureCloud .npz queried with ``vocab``: (label ids of vocab, seen mask).
 
-    Queries go through pc_ovseg.query.QueryEngine, the same path ``pc-ovseg query`` takes; points
-    no view saw come back as -1.
+    Queries go through pc_ovseg.query.QueryEngine, the path ``pc-ovseg query`` takes. Text-encoder
+    features are queried with every prompt of every class (the best prompt wins, then maps to its
+    class); label-space features (one-hot, ``class_names`` set) with the class names themselves.
+    Points no view saw come back as -1.
     """
     from .data import FeatureCloud
     from .query import QueryEngine  # heavy (text encoders): only when a feature file is evaluated
     fc = FeatureCloud.load(path)
-    out = QueryEngine(fc).labels(vocab.names)
+    if fc.class_names:
+        texts, owner = list(vocab.names), np.arange(vocab.num_classes)
+    else:
+        texts, owner = vocab.flat_prompts()
+    out = QueryEngine(fc).labels(texts)
     idx = getattr(out, "labels", out[0] if isinstance(out, tuple) else out)
-    idx = _as_int_labels(np.asarray(idx).reshape(-1), path)
+    idx = _as_int_labels(np.asarray(idx).reshape(-1), path).astype(np.int64)
     if len(idx) != len(fc.weight):
         raise InputError(path, f"query returned {len(idx)} labels for {len(fc.weight)} points")
-    ok = (idx >= 0) & (idx < vocab.num_classes)
-    ids = np.where(ok, vocab.ids[np.clip(idx, 0, max(vocab.num_classes - 1, 0))], -1)
+    ok = (idx >= 0) & (idx < len(texts))
+    ids = np.where(ok, vocab.ids[owner[np.clip(idx, 0, len(texts) - 1)]], -1)
     return ids, np.asarray(fc.seen, dtype=bool)
 
 

@@ -261,7 +261,7 @@ def test_cli_las_and_errors(capsys, shared_data, tmp_path):
     assert code == 2 and "one integer per point" in err and "xyz.npy" in err
 
 
-def test_feature_cloud_prediction(tmp_path, kitti, shared_data):
+def test_feature_cloud_prediction(tmp_path, capsys, kitti, shared_data):
     """A label-space FeatureCloud queried through pc_ovseg.query reproduces its labels."""
     pytest.importorskip("pc_ovseg.query")
     from pc_ovseg.data import FeatureCloud, PointCloud
@@ -273,6 +273,20 @@ def test_feature_cloud_prediction(tmp_path, kitti, shared_data):
     fc = FeatureCloud(PointCloud(xyz), feats, evaluated.astype(np.float32), evaluated.astype(np.uint16),
                       encoder="labels", class_names=ls.names)
     fc.save(tmp_path / "fc.npz")
-    res, _ = evaluate_files(tmp_path / "fc.npz", shared_data / "semantickitti" / "labels_000000.npy",
-                            "semantickitti19")
+    gt = shared_data / "semantickitti" / "labels_000000.npy"
+    res, _ = evaluate_files(tmp_path / "fc.npz", gt, "semantickitti19")
     assert res.miou == 1.0 and res.coverage == 1.0
+    code = cli.main(["eval", str(tmp_path / "fc.npz"), "--gt", str(gt), "--labels", "semantickitti19", "--json"])
+    j = json.loads(capsys.readouterr().out)
+    assert code == 0 and j["miou"] == 1.0 and j["per_class"]["road"]["support"] == 26387
+
+
+def test_prompt_vocabulary():
+    sn = load_labelset("scannet20")
+    assert sn.prompt_names()[19] == "other furniture" and sn.prompt_names()[0] == "wall"
+    texts, owner = sn.flat_prompts()
+    assert len(texts) == len(owner) == sum(len(sn.prompts[n]) for n in sn.names)
+    assert [texts[i] for i in np.flatnonzero(owner == 19)] == ["other furniture", "furniture"]
+    asprs = load_labelset("asprs")
+    texts, owner = asprs.flat_prompts()
+    assert texts[:3] == ["ground", "road", "pavement"] and asprs.ids[owner[:3]].tolist() == [2, 2, 2]
