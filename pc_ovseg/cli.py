@@ -193,6 +193,49 @@ def _object_labels(n: int, objs) -> "np.ndarray":
 
 
 
+def _eval_args(p):
+    p.add_argument("pred", help="predictions: a cloud with a label field (PLY 'label', LAS 'classification'), "
+                                "a label file (.npy, .label, .txt), or a FeatureCloud .npz (queried with --labels)")
+    p.add_argument("--gt", required=True, help="ground truth: a cloud with a label field or a label file")
+    p.add_argument("--classes", help="GT label ids: a label set (pc_ovseg.eval.list_labelsets(), e.g. scannet20, "
+                                     "semantickitti19, asprs), a JSON/.txt file, or comma-separated names by id "
+                                     "('ignore' = not evaluated)")
+    p.add_argument("--labels", help="vocabulary to query a FeatureCloud PRED with (same forms; default --classes)")
+    p.add_argument("--pred-field", help="per-point field of PRED holding labels (default: label, classification, ...)")
+    p.add_argument("--gt-field", help="per-point field of GT holding labels (default: label, classification, ...)")
+    p.add_argument("--ignore", default="", help="more label ids not to evaluate, comma-separated, e.g. 0,255")
+    p.add_argument("--remap-gt", action="store_true",
+                   help="GT holds raw dataset ids: map them through the label set (NYU40 -> ScanNet-20, "
+                        "SemanticKITTI .label -> 19)")
+    p.add_argument("--remap-pred", action="store_true", help="the same for PRED")
+    p.add_argument("--json", action="store_true", help="print one JSON object (miou, macc, coverage, per_class, ...)")
+    p.add_argument("--chart", metavar="PNG", help="write a per-class IoU bar chart")
+    p.add_argument("--all", action="store_true", help="list classes absent from GT and predictions too")
+
+
+@command("eval", "score per-point predictions against ground truth: mIoU, mAcc, coverage, confusion")
+@arguments(_eval_args)
+def cmd_eval(args) -> int:
+    from . import eval as ev
+    from .errors import InputError
+    try:
+        ignore = [int(t) for t in args.ignore.replace(" ", "").split(",") if t]
+    except ValueError:
+        raise InputError(None, f"--ignore wants comma-separated integer ids, got {args.ignore!r}") from None
+    result, classes = ev.evaluate_files(args.pred, args.gt, args.classes, labels=args.labels,
+                                        pred_field=args.pred_field, gt_field=args.gt_field, ignore_ids=ignore,
+                                        remap_gt=args.remap_gt, remap_pred=args.remap_pred)
+    if args.chart:
+        ev.save_bar_chart(result, args.chart, title=f"{os.path.basename(args.pred)} vs "
+                                                     f"{os.path.basename(args.gt)} ({classes.title or classes.name})")
+    if args.json:
+        print_json({**result.to_json(), "labelset": classes.name, "pred": args.pred, "gt": args.gt,
+                    **({"chart": args.chart} if args.chart else {})})
+    else:
+        print(ev.format_table(result, all_classes=args.all))
+    return 0
+
+
 # --- distill / predict (backbone) ------------------------------------------------------------
 
 
