@@ -53,7 +53,7 @@ def oracle_view_features(views: Iterable[View], labels: np.ndarray, num_classes:
     for view in views:
         lm = gt_label_map(view, labels, num_classes)
         if mask_source is not None:
-            regions = mask_source.generate(view)
+            regions = mask_source(view)
             lm = corrupt_label_map(lm, regions, noise, num_classes, rng)
         yield view, label_map_features(lm, num_classes)
 

@@ -23,6 +23,7 @@ import numpy as np
 
 from .data import Camera, FeatureCloud, FrameSequence, Mesh, PointCloud, View, ViewFeatures
 from .errors import InputError
+from .encoders import load_view_features, save_view_features
 from .fusion import FeatureFusion, FusionConfig, Visibility, view_visibility
 
 #: Kinect / PrimeSense defaults for organised clouds that carry no intrinsics (mOSD, PCL grabbers).
@@ -90,24 +91,6 @@ def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in os.path.basename(str(name)))
 
 
-def save_view_features(path, f: ViewFeatures) -> None:
-    arrays = {"image_hw": np.array(f.image_hw), "blend": np.array(f.blend)}
-    for k in ("dense", "regions", "region_features"):
-        v = getattr(f, k)
-        if v is not None:
-            arrays[k] = v
-    tmp = str(path) + ".tmp.npz"
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)  # atomic: an interrupted write never leaves a half file behind
-
-
-def load_view_features(path) -> ViewFeatures:
-    z = np.load(path, allow_pickle=False)
-    get = lambda k: z[k] if k in z.files else None  # noqa: E731
-    return ViewFeatures(tuple(int(x) for x in z["image_hw"]), get("dense"), get("regions"),
-                        get("region_features"), float(z["blend"]))
-
-
 def _save_vis(path, vis: Visibility) -> None:
     tmp = str(path) + ".tmp.npz"
     vis.save(tmp)
@@ -130,7 +113,9 @@ def fuse_scene(scene: Scene, view_encoder, cache_dir: str | Path, *, fusion_cfg:
 
     t0 = time.time()
     cfg = fusion_cfg or FusionConfig()
-    key = hashlib.sha1(json.dumps({"encoder": getattr(view_encoder, "spec", repr(view_encoder)),
+    encoder = getattr(view_encoder, "encoder", None)
+    enc_settings = view_encoder.settings() if hasattr(view_encoder, "settings") else getattr(encoder, "spec", "")
+    key = hashlib.sha1(json.dumps({"encoder": enc_settings,
                                    "settings": settings or {}, "fusion": vars(cfg)},
                                   sort_keys=True, default=str).encode()).hexdigest()[:12]
     root = Path(cache_dir) / key
@@ -151,7 +136,7 @@ def fuse_scene(scene: Scene, view_encoder, cache_dir: str | Path, *, fusion_cfg:
             view = job.make()
             vis = view_visibility(view, scene.cloud, cfg)
             feats = view_encoder.encode(view)
-            save_view_features(fp, feats)
+            save_view_features(feats, fp)
             _save_vis(vp, vis)
             dim = feats.dim
             stats.computed += 1
@@ -163,8 +148,8 @@ def fuse_scene(scene: Scene, view_encoder, cache_dir: str | Path, *, fusion_cfg:
         raise InputError(None, "no views to fuse")
     for name in tqdm(done, desc="fusing", unit="view", disable=not progress):
         fusion.add(Visibility.load(root / "vis" / f"{name}.npz"), load_view_features(root / "feat" / f"{name}.npz"))
-    fc = fusion.result(scene.cloud, encoder=getattr(view_encoder, "spec", ""),
-                       class_names=getattr(view_encoder, "class_names", None),
+    fc = fusion.result(scene.cloud, encoder=getattr(encoder, "spec", ""),
+                       class_names=getattr(encoder, "class_names", None),
                        meta={"views": len(done), "cache": str(root)})
     stats.seconds = time.time() - t0
     return fc, stats
