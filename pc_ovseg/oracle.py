@@ -65,7 +65,7 @@ def oracle_fuse(cloud: PointCloud, labels: np.ndarray, class_names: list[str], *
     ``labels`` are ids into ``class_names``; ids outside it, or named "ignore", give no vote.
     """
     from .fusion import FeatureFusion, view_visibility
-    from .views import make_views
+    from .pipeline import view_jobs
 
     class_names = list(class_names)
     lab = np.asarray(labels).astype(np.int64).reshape(-1)
@@ -74,7 +74,8 @@ def oracle_fuse(cloud: PointCloud, labels: np.ndarray, class_names: list[str], *
     lab = np.where(np.isin(lab, [i for i, n in enumerate(class_names) if n == "ignore"]), -1, lab)
     C = len(class_names)
     if views is None:
-        views = make_views(frames if frames is not None else cloud, cloud=cloud, max_views=max_views, **view_kw)
+        jobs = view_jobs(frames if frames is not None else cloud, cloud, max_views=max_views, **view_kw)
+        views = (job.make() for job in jobs)
     fusion = FeatureFusion(len(cloud), C, fusion_cfg)
     done = []
     for view, feats in oracle_view_features(views, lab, C, noise=noise, seed=seed):

@@ -49,32 +49,37 @@ class Scene:
     kind: str = ""
 
 
-def load_scene(path: str, *, cloud_path: str | None = None, max_views: int | None = None, layout: str | None = None,
-               kind: str = "auto", width: int = 640, height: int = 480, voxel_size: float = 0.02,
-               stride: int | None = None, intrinsics: np.ndarray | None = None) -> Scene:
+def view_jobs(source: FrameSequence | Mesh | PointCloud, cloud: PointCloud, *, max_views: int | None = None,
+              kind: str = "auto", width: int = 640, height: int = 480, stride: int | None = None,
+              intrinsics: np.ndarray | None = None) -> list[ViewJob]:
+    """The views that will see ``cloud``: selected frames, the organised cloud's own camera, or
+    planned virtual cameras over a bare cloud or mesh."""
+    from . import views
+
+    if isinstance(source, FrameSequence):
+        idx = views.select_frames(source, max_views=max_views, stride=stride)
+        return [ViewJob(_safe(source.names[i]), _frame_job(source, cloud, i)) for i in idx]
+    if isinstance(source, PointCloud) and source.grid_shape is not None:
+        K = KINECT_K if intrinsics is None else np.asarray(intrinsics)
+        return [ViewJob("organized", lambda: views.organized_view(source, K))]
+    cams = views.plan_cameras(source, kind=kind, max_views=max_views, width=width, height=height)
+    return [ViewJob(f"view{i:04d}_{g}", _render_job(source, cam, g)) for i, (cam, g) in enumerate(cams)]
+
+
+def load_scene(path: str, *, cloud_path: str | None = None, layout: str | None = None,
+               voxel_size: float = 0.02, **view_kw) -> Scene:
     """Read any supported input and plan its views (frames are selected, bare clouds get cameras)."""
     from . import io, views
 
     data = io.read(path, layout=layout)
     if isinstance(data, FrameSequence):
         cloud = io.read_cloud(cloud_path, layout=layout) if cloud_path else views.cloud_from_frames(data, voxel_size=voxel_size)
-        idx = views.select_frames(data, max_views=max_views, stride=stride)
-        jobs = [ViewJob(_safe(data.names[i]), _frame_job(data, cloud, i)) for i in idx]
-        return Scene(cloud, jobs, frames=data, kind="frames")
-    if isinstance(data, Mesh):
-        cloud = data.to_point_cloud()
-        scene_geom = data
-    else:
-        cloud = data
-        scene_geom = data
-    if cloud.grid_shape is not None:  # organised cloud: the capturing camera is known
-        K = KINECT_K if intrinsics is None else np.asarray(intrinsics)
-        return Scene(cloud, [ViewJob("organized", lambda: views.organized_view(cloud, K))], kind="organized")
+        return Scene(cloud, view_jobs(data, cloud, **view_kw), frames=data, kind="frames")
+    cloud = data.to_point_cloud() if isinstance(data, Mesh) else data
     if len(cloud) == 0:
         raise InputError(path, "no points to label")
-    cams = views.plan_cameras(scene_geom, kind=kind, max_views=max_views, width=width, height=height)
-    jobs = [ViewJob(f"view{i:04d}_{g}", _render_job(scene_geom, cam, g)) for i, (cam, g) in enumerate(cams)]
-    return Scene(cloud, jobs, mesh=data if isinstance(data, Mesh) else None, kind=kind)
+    return Scene(cloud, view_jobs(data, cloud, **view_kw), mesh=data if isinstance(data, Mesh) else None,
+                 kind=view_kw.get("kind", "auto"))
 
 
 def _frame_job(frames: FrameSequence, cloud: PointCloud, i: int) -> Callable[[], View]:

@@ -39,9 +39,7 @@ def main(argv=None) -> int:
     from pc_ovseg.errors import PcOvsegError
     from pc_ovseg.eval import evaluate, parse_classes
     from pc_ovseg.oracle import oracle_fuse
-    from pc_ovseg.pipeline import KINECT_K
     from pc_ovseg.query import QueryEngine
-    from pc_ovseg.views import organized_view
 
     t0 = time.time()
     try:
@@ -58,11 +56,8 @@ def main(argv=None) -> int:
         valid &= ~np.isin(gt, [i for i, n in enumerate(names) if n == "ignore"])
         gt_eval = np.where(valid, gt, -1)
         frames = io.read_frames(args.frames) if args.frames else None
-        views = None
-        if cloud.grid_shape is not None and frames is None:
-            views = [organized_view(cloud, KINECT_K)]
         fc = oracle_fuse(cloud, gt_eval, names, frames=frames, noise=args.noise, max_views=args.max_views,
-                         seed=args.seed, views=views)
+                         seed=args.seed)
         pred = QueryEngine(fc).labels(names).labels
         res = evaluate(pred, gt_eval, names, ignore_label=-1)
     except PcOvsegError as err:
