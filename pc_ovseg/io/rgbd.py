@@ -407,10 +407,9 @@ def read_manifest(path: str, d: dict) -> FrameSequence:
             raise InputError(path, f"frames[{k}] has no pose")
         if f.get("color") is None and f.get("depth") is None:
             raise InputError(path, f"frames[{k}] has neither color nor depth")
-        pose = f["pose"]
-        pose = read_matrix(resolve(pose), (4, 4)) if isinstance(pose, str) else \
-            _matrix(path, pose, (4, 4), f"frames[{k}].pose")
-        where = resolve(pose) if isinstance(f["pose"], str) else path
+        where = resolve(f["pose"]) if isinstance(f["pose"], str) else path
+        pose = read_matrix(where, (4, 4)) if isinstance(f["pose"], str) else \
+            _matrix(path, f["pose"], (4, 4), f"frames[{k}].pose")
         if not np.isfinite(pose).all():
             raise InputError(where, f"frames[{k}] pose has NaN/Inf values")
         if conv == "world_to_camera":
