@@ -271,6 +271,9 @@ def read_ply(path: str, layout=None) -> PointCloud | Mesh:
     for n in names:
         if n not in used:
             fields[n] = np.ascontiguousarray(_column(v, n))
+    grid = tuple(int(v) for v in meta["grid"][0]) if "grid" in meta else None
+    if grid is not None and grid[0] * grid[1] != len(xyz):
+        grid = None
     origin = np.asarray(meta["origin"][0], np.float64) if "origin" in meta else None
     if origin is not None and xyz.dtype != np.float64:
         origin = None  # written relative already
@@ -288,7 +291,7 @@ def read_ply(path: str, layout=None) -> PointCloud | Mesh:
             if faces.min() < 0 or faces.max() >= len(cloud):
                 raise InputError(path, f"PLY face indices out of range (0..{len(cloud) - 1})")
             return Mesh(cloud.xyz, faces.astype(np.int64), cloud.rgb, cloud.fields, cloud.origin, source=path)
-    return make_cloud(path, xyz, rgb=rgb, normals=normals, fields=fields, origin=origin)
+    return make_cloud(path, xyz, rgb=rgb, normals=normals, fields=fields, origin=origin, grid_shape=grid)
 
 
 register("ply", "cloud|mesh", exts=(".ply",))(read_ply)
@@ -317,7 +320,8 @@ def write_ply(path, cloud: PointCloud | Mesh, *, labels=None, scores=None, color
     """Binary little-endian PLY with xyz, normals, colour, label, score and every field.
 
     Coordinates are float32 local values when the origin is zero, else float64 world values
-    (so other tools see the true position); the origin goes in a comment for an exact read back.
+    (so other tools see the true position); the origin, an organised grid's (H, W) and fields'
+    original dtypes/shapes go in ``comment pc_ovseg ...`` lines for an exact read back.
     """
     path = os.fspath(path)
     mesh = cloud if isinstance(cloud, Mesh) else None
@@ -332,6 +336,8 @@ def write_ply(path, cloud: PointCloud | Mesh, *, labels=None, scores=None, color
         comments.append(f"{_META} origin {json.dumps(cloud.origin.tolist())}")
     else:
         cols += [(a, cloud.xyz[:, i], "f4") for i, a in enumerate("xyz")]
+    if cloud.grid_shape is not None:
+        comments.append(f"{_META} grid {json.dumps(list(cloud.grid_shape))}")
     if cloud.normals is not None:
         cols += [(a, cloud.normals[:, i], "f4") for i, a in enumerate(("nx", "ny", "nz"))]
     rgb = cloud.rgb if colors is None else PointCloud(cloud.xyz, colors).rgb

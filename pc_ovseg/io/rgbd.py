@@ -154,6 +154,7 @@ class _Frames:
             check_aspect(next(d for d in self.depth if d is not None), self.size_wh, self.depth_wh)
         seq = FrameSequence(self.cameras, self.names, self.load, source=self.source,
                             depth_scale=self.depth_scale, has_depth=has_depth, has_color=has_color)
+        self.load(0)  # fail now, not mid-pipeline, on unreadable images / wrong depth scale
         return seq
 
     def load(self, i: int) -> RGBDFrame:
@@ -242,6 +243,8 @@ def read_7scenes(path: str, layout=None) -> FrameSequence:
         fr.names.append(f"frame-{i}")
         fr.color.append(os.path.join(path, colors[i]) if i in colors else None)
         fr.depth.append(os.path.join(path, depths[i]))
+    if skipped and not fr.poses:
+        raise InputError(path, f"no frame has a valid pose (all {skipped} are NaN/Inf)")
     if skipped:
         warnings.warn(f"{path}: skipped {skipped} frames with invalid (non-finite) poses")
     first = next((c for c in fr.color if c), None)
@@ -294,6 +297,8 @@ def read_scannet(path: str, layout=None) -> FrameSequence:
         fr.names.append(i)
         fr.color.append(colors.get(i))
         fr.depth.append(depths.get(i))
+    if skipped and not fr.poses:
+        raise InputError(path, f"no frame has a valid pose (all {skipped} are NaN/Inf)")
     if skipped:
         warnings.warn(f"{path}: skipped {skipped} frames with invalid (non-finite) poses")
     first_c = next((c for c in fr.color if c), None)
@@ -358,7 +363,7 @@ def read_scene_json(path: str, d: dict) -> FrameSequence:
         fr.names.append(os.path.splitext(os.path.basename(im["path"]))[0])
         cp = os.path.join(base, im["path"])
         if not os.path.isfile(cp):
-            raise InputError(cp, f"image of images[{k}] not found")
+            raise InputError(path, f"image of images[{k}] not found: {cp}")
         fr.color.append(cp)
         fr.depth.append(None)
     return fr.build()
@@ -402,10 +407,9 @@ def read_manifest(path: str, d: dict) -> FrameSequence:
             raise InputError(path, f"frames[{k}] has no pose")
         if f.get("color") is None and f.get("depth") is None:
             raise InputError(path, f"frames[{k}] has neither color nor depth")
-        pose = f["pose"]
-        pose = read_matrix(resolve(pose), (4, 4)) if isinstance(pose, str) else \
-            _matrix(path, pose, (4, 4), f"frames[{k}].pose")
-        where = resolve(pose) if isinstance(f["pose"], str) else path
+        where = resolve(f["pose"]) if isinstance(f["pose"], str) else path
+        pose = read_matrix(where, (4, 4)) if isinstance(f["pose"], str) else \
+            _matrix(path, f["pose"], (4, 4), f"frames[{k}].pose")
         if not np.isfinite(pose).all():
             raise InputError(where, f"frames[{k}] pose has NaN/Inf values")
         if conv == "world_to_camera":
@@ -420,7 +424,7 @@ def read_manifest(path: str, d: dict) -> FrameSequence:
         for key, lst in (("color", fr.color), ("depth", fr.depth)):
             p = resolve(f.get(key))
             if p is not None and not os.path.isfile(p):
-                raise InputError(p, f"{key} image of frames[{k}] not found")
+                raise InputError(path, f"{key} image of frames[{k}] not found: {p}")
             lst.append(p)
     return fr.build()
 
