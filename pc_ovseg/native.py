@@ -53,6 +53,15 @@ def _bincount3(out: np.ndarray, inverse: np.ndarray, xyz: np.ndarray) -> None:
         out[:, a] = np.bincount(inverse, weights=np.asarray(xyz[:, a], np.float64), minlength=len(out))
 
 
+def lzf_decompress(data: bytes | np.ndarray, out_size: int) -> np.ndarray:
+    """Decode one LZF block (PCD ``binary_compressed``) into exactly ``out_size`` bytes.
+
+    Raises ValueError when the data is corrupt, truncated or of another size.
+    """
+    buf = np.frombuffer(data, np.uint8) if isinstance(data, (bytes, bytearray, memoryview)) else _f(data, np.uint8)
+    return _C.lzf_decompress(buf.reshape(-1), int(out_size))
+
+
 # --- views: projection, visibility, splatting (render.cpp) -------------------------------
 
 def _pose_args(camera) -> tuple[np.ndarray, np.ndarray]:
