@@ -117,7 +117,7 @@ def _nadir(center_xy, half, z_top, w, h, hfov, margin=1.1, near_cut=None):
 
 @planner("indoor")
 def plan_indoor(f: _Frame, w: int, h: int) -> list[tuple[Camera, str]]:
-    """Top-down (ceiling cut away), four upper-corner views, eight wall views from the middle."""
+    """Top-down (ceiling cut away), upper-corner views, walls seen from a grid of eye points, close top views."""
     lo, hi, c = f.lo, f.hi, f.center
     H = f.ext[2]
     cut = hi[2] - max(0.12 * H, 0.25)             # everything above is ceiling for top views
@@ -130,15 +130,18 @@ def plan_indoor(f: _Frame, w: int, h: int) -> list[tuple[Camera, str]]:
             eye[2] = min(eye[2], cut)
             target = np.array([c[0], c[1], lo[2] + 0.15 * H])
             cams.append((_cam(eye, target, w, h, 80.0, near=0.1), "scene"))
-    eye = np.array([c[0], c[1], lo[2] + 0.55 * H])
-    for a in np.radians(np.arange(0, 360, 45)):
-        target = eye + np.array([np.cos(a), np.sin(a), -0.3])
-        cams.append((_cam(eye, target, w, h, 70.0, near=0.3), "mid"))
-    # 2x2 closer top views of the quadrants
-    for qx in (0.25, 0.75):
-        for qy in (0.25, 0.75):
+    # a person walking the room: a 3x3 grid of eye points, eight directions each, looking down
+    for gx in (0.2, 0.5, 0.8):
+        for gy in (0.2, 0.5, 0.8):
+            eye = np.array([lo[0] + gx * f.ext[0], lo[1] + gy * f.ext[1], lo[2] + 0.6 * H])
+            for a in np.radians(np.arange(0, 360, 45)):
+                target = eye + np.array([np.cos(a), np.sin(a), -0.6])
+                cams.append((_cam(eye, target, w, h, 70.0, near=0.3), "mid"))
+    # 3x3 closer top views
+    for qx in (1 / 6, 0.5, 5 / 6):
+        for qy in (1 / 6, 0.5, 5 / 6):
             cxy = lo[:2] + np.array([qx, qy]) * f.ext[:2]
-            cams.append((_nadir(cxy, f.ext[:2] / 4, hi[2], w, h, 60.0, near_cut=cut), "mid"))
+            cams.append((_nadir(cxy, f.ext[:2] / 6, hi[2], w, h, 60.0, near_cut=cut), "close"))
     return cams
 
 

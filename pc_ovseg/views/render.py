@@ -17,6 +17,7 @@ from .geometry import point_normals, point_spacing
 
 BACKGROUND = np.array([255, 255, 255], np.uint8)
 SPLAT_SCALE = 0.75          # disc radius = SPLAT_SCALE * local spacing: neighbouring discs overlap
+MIN_RGB_STD = 12.0          # below this colour spread (0-255) a cloud's rgb is treated as uninformative
 VIS_TOL_SPACING = 1.5       # depth-test slack for rendered views, in local spacings
 
 
@@ -106,12 +107,16 @@ def _shade_normals(cloud, ids, rays, z_world):
 
 
 def pick_shading(cloud: PointCloud, shading: str = "auto") -> str:
-    """rgb when the cloud has colour, else intensity when it has a varying one, else height."""
+    """rgb when the cloud has informative colour, else intensity when it varies, else height.
+
+    Nearly uniform colour (some LAS tiles carry one grey for every point) shows no shape at all,
+    so it is treated as no colour.
+    """
     if shading != "auto":
         if shading not in SHADERS:
             raise ValueError(f"unknown shading {shading!r}; choose from {sorted(SHADERS)} or 'auto'")
         return shading
-    if cloud.rgb is not None and np.ptp(cloud.rgb) > 0:
+    if cloud.rgb is not None and float(cloud.rgb.astype(np.float32).std(0).max()) >= MIN_RGB_STD:
         return "rgb"
     for k in ("intensity", "Intensity", "remission"):
         if k in cloud.fields and np.ptp(np.asarray(cloud.fields[k], np.float64)) > 0:

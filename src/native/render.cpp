@@ -47,6 +47,11 @@ struct Pinhole {
   }
 };
 
+// Below this many points a kernel runs on one thread: waking a team costs more than it saves,
+// and far more on a machine shared with other work (threads wait at barriers for descheduled
+// peers).
+constexpr int64_t kParallelPoints = 200000;
+
 inline uint32_t float_bits(float f) {
   uint32_t b;
   std::memcpy(&b, &f, 4);
@@ -77,7 +82,7 @@ nb::tuple depth_test(In<float, nb::shape<-1, 3>> xyz, In<double, nb::shape<3, 4>
   int64_t m = 0;
   {
     nb::gil_scoped_release release;
-#pragma omp parallel for schedule(static) reduction(+ : m)
+#pragma omp parallel for schedule(static) reduction(+ : m) if (n > kParallelPoints)
     for (int64_t i = 0; i < n; ++i) {
       float z; int row, col; double u, v;
       hit[i] = -1;
@@ -118,19 +123,46 @@ void fill_pass(const float* dsrc, const int64_t* isrc, float* ddst, int64_t* ids
                double tol, int need) {
   static const int DX[8] = {1, 1, 0, -1, -1, -1, 0, 1};
   static const int DY[8] = {0, 1, 1, 1, 0, -1, -1, -1};
+  const float INF = std::numeric_limits<float>::infinity();
+  const int64_t npx = (int64_t)H * W;
+  // Window minimum of depth (empty = inf) by two separable passes: pixels with nothing in front
+  // of them within `reach` are copied without the 8-direction scan (most of the image).
+  std::vector<float> rowmin(npx), winmin(npx);
+#pragma omp parallel for schedule(static)
+  for (int r = 0; r < H; ++r) {
+    const float* d = dsrc + (int64_t)r * W;
+    float* out = rowmin.data() + (int64_t)r * W;
+    for (int c = 0; c < W; ++c) {
+      float m = INF;
+      const int a = std::max(0, c - reach), b = std::min(W - 1, c + reach);
+      for (int k = a; k <= b; ++k) { const float v = d[k] > 0 ? d[k] : INF; m = v < m ? v : m; }
+      out[c] = m;
+    }
+  }
+#pragma omp parallel for schedule(static)
+  for (int r = 0; r < H; ++r) {
+    const int a = std::max(0, r - reach), b = std::min(H - 1, r + reach);
+    float* out = winmin.data() + (int64_t)r * W;
+    for (int c = 0; c < W; ++c) out[c] = INF;
+    for (int k = a; k <= b; ++k) {
+      const float* in = rowmin.data() + (int64_t)k * W;
+      for (int c = 0; c < W; ++c) out[c] = in[c] < out[c] ? in[c] : out[c];
+    }
+  }
 #pragma omp parallel for schedule(static)
   for (int r = 0; r < H; ++r) {
     for (int c = 0; c < W; ++c) {
       const int64_t o = (int64_t)r * W + c;
       const float d = dsrc[o];
       const bool empty = !(d > 0);
-      const float thresh = empty ? std::numeric_limits<float>::infinity() : (float)(d * (1.0 - tol));
+      const float thresh = empty ? INF : (float)(d * (1.0 - tol));
+      ddst[o] = d; idst[o] = isrc[o];
+      if (!(winmin[o] < thresh)) continue;  // nothing in front within reach
       int count = 0, best_step = reach + 1;
       float best_d = 0;
       int64_t best_i = -1;
       for (int k = 0; k < 8; ++k) {
-        // early out: too few directions left to reach `need`
-        if (count + (8 - k) < need) break;
+        if (count + (8 - k) < need) break;  // too few directions left
         int rr = r, cc = c;
         for (int s = 1; s <= reach; ++s) {
           rr += DY[k]; cc += DX[k];
@@ -144,11 +176,7 @@ void fill_pass(const float* dsrc, const int64_t* isrc, float* ddst, int64_t* ids
           }
         }
       }
-      if (count >= need && best_i >= 0) {
-        ddst[o] = best_d; idst[o] = best_i;
-      } else {
-        ddst[o] = d; idst[o] = isrc[o];
-      }
+      if (count >= need && best_i >= 0) { ddst[o] = best_d; idst[o] = best_i; }
     }
   }
 }
@@ -175,10 +203,9 @@ nb::tuple splat(In<float, nb::shape<-1, 3>> xyz, In<double, nb::shape<3, 4>> w2c
   {
     nb::gil_scoped_release release;
     std::unique_ptr<std::atomic<uint64_t>[]> zbuf(new std::atomic<uint64_t>[npx]);
-#pragma omp parallel for schedule(static)
     for (int64_t o = 0; o < npx; ++o) zbuf[o].store(~uint64_t(0), std::memory_order_relaxed);
 
-#pragma omp parallel for schedule(dynamic, 4096)
+#pragma omp parallel for schedule(dynamic, 16384) if (n > kParallelPoints)
     for (int64_t i = 0; i < n; ++i) {
       float z; int row, col; double u, v;
       if (!cam.project(p + 3 * i, near, z, row, col, u, v)) continue;
@@ -202,7 +229,6 @@ nb::tuple splat(In<float, nb::shape<-1, 3>> xyz, In<double, nb::shape<3, 4>> w2c
         }
       }
     }
-#pragma omp parallel for schedule(static)
     for (int64_t o = 0; o < npx; ++o) {
       const uint64_t k = zbuf[o].load(std::memory_order_relaxed);
       if (k == ~uint64_t(0)) { depth[o] = 0.f; index[o] = -1; }
