@@ -214,10 +214,15 @@ class SamFrom3D(_SamBase):
                 xy = torch.as_tensor(px[i:i + self.points_per_batch, ::-1].astype(np.float32).copy(), device=self.device)
                 coords = self.predictor.transform.apply_coords_torch(xy, view.hw)[:, None]
                 labels = torch.ones(coords.shape[:2], dtype=torch.int64, device=self.device)
-                logits, iou, _ = self.predictor.predict_torch(coords, labels, multimask_output=True, return_logits=True)
-                best = iou.argmax(1)
+                sparse, dense = self.sam.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
+                low, iou = self.sam.mask_decoder(
+                    image_embeddings=self.predictor.features, image_pe=self.sam.prompt_encoder.get_dense_pe(),
+                    sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=True)
+                best = iou.argmax(1)          # pick before upsampling: 3x less interpolation
                 r = torch.arange(len(best), device=self.device)
-                logits, iou = logits[r, best], iou[r, best]
+                logits = self.sam.postprocess_masks(low[r, best][:, None], self.predictor.input_size,
+                                                    self.predictor.original_size)[:, 0]
+                iou = iou[r, best]
                 stab = calculate_stability_score(logits, self.sam.mask_threshold, 1.0)
                 ok = (iou >= self.pred_iou_thresh) & (stab >= self.stability_score_thresh)
                 masks = logits[ok] > self.sam.mask_threshold
