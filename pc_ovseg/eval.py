@@ -325,6 +325,13 @@ class EvalResult:
             self.acc = np.where(self.support > 0, self.tp / np.maximum(self.support, 1), np.nan)
         self.present = self.support > 0
 
+    def __add__(self, other: "EvalResult") -> "EvalResult":
+        """Scores over two clouds together (a split = the sum of its scenes' confusion matrices)."""
+        if list(self.class_ids) != list(other.class_ids):
+            raise ValueError("cannot add results over different classes")
+        return EvalResult(list(self.class_names), self.class_ids.copy(), self.confusion + other.confusion,
+                          self.unpredicted + other.unpredicted, self.num_ignored + other.num_ignored)
+
     @property
     def num_points(self) -> int:
         """Evaluated points."""

@@ -134,6 +134,13 @@ def test_hand_unseen_and_ignore():
     assert r.num_points == 7 and np.isnan(r.iou[2])
 
 
+def test_results_add_up_over_scenes():
+    a = evaluate(PRED[:5], GT[:5], ["a", "b", "c"])
+    b = evaluate(PRED[5:], GT[5:], ["a", "b", "c"])
+    both, whole = a + b, evaluate(PRED, GT, ["a", "b", "c"])
+    assert both.to_json() == whole.to_json()
+
+
 def test_class_absent_from_gt_but_predicted():
     gt = np.array([0, 0, 1, 1])
     pred = np.array([0, 2, 1, 1])
