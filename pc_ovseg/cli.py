@@ -264,7 +264,9 @@ def _eval_args(p):
     p.add_argument("--classes", help="GT label ids: a label set (pc_ovseg.eval.list_labelsets(), e.g. scannet20, "
                                      "semantickitti19, asprs), a JSON/.txt file, or comma-separated names by id "
                                      "('ignore' = not evaluated)")
-    p.add_argument("--labels", help="vocabulary to query a FeatureCloud PRED with (same forms; default --classes)")
+    p.add_argument("--labels", help="the vocabulary that made PRED (same forms): a FeatureCloud PRED is queried with "
+                                    "it; a PRED file then holds positions in it, as 'pc-ovseg query/run --labels' "
+                                    "write them. Matched to --classes by class name")
     p.add_argument("--pred-field", help="per-point field of PRED holding labels (default: label, classification, ...)")
     p.add_argument("--gt-field", help="per-point field of GT holding labels (default: label, classification, ...)")
     p.add_argument("--ignore", default="", help="more label ids not to evaluate, comma-separated, e.g. 0,255")

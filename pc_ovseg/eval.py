@@ -325,6 +325,13 @@ class EvalResult:
             self.acc = np.where(self.support > 0, self.tp / np.maximum(self.support, 1), np.nan)
         self.present = self.support > 0
 
+    def __add__(self, other: "EvalResult") -> "EvalResult":
+        """Scores over two clouds together (a split = the sum of its scenes' confusion matrices)."""
+        if list(self.class_ids) != list(other.class_ids):
+            raise ValueError("cannot add results over different classes")
+        return EvalResult(list(self.class_names), self.class_ids.copy(), self.confusion + other.confusion,
+                          self.unpredicted + other.unpredicted, self.num_ignored + other.num_ignored)
+
     @property
     def num_points(self) -> int:
         """Evaluated points."""
@@ -472,7 +479,7 @@ def _is_feature_cloud(path: str) -> bool:
 
 
 def predict_feature_cloud(path: str | os.PathLike, vocab: LabelSet) -> tuple[np.ndarray, np.ndarray]:
-    """Labels of a FeatureCloud .npz queried with ``vocab``: (label ids of vocab, seen mask).
+    """Query a FeatureCloud .npz with ``vocab``: (positions in ``vocab.names``, -1 = none; seen mask).
 
     Queries go through pc_ovseg.query.QueryEngine, the path ``pc-ovseg query`` takes. Text-encoder
     features are queried with every prompt of every class (the best prompt wins, then maps to its
@@ -492,8 +499,18 @@ def predict_feature_cloud(path: str | os.PathLike, vocab: LabelSet) -> tuple[np.
     if len(idx) != len(fc.weight):
         raise InputError(path, f"query returned {len(idx)} labels for {len(fc.weight)} points")
     ok = (idx >= 0) & (idx < len(texts))
-    ids = np.where(ok, vocab.ids[owner[np.clip(idx, 0, len(texts) - 1)]], -1)
-    return ids, np.asarray(fc.seen, dtype=bool)
+    return np.where(ok, owner[np.clip(idx, 0, len(texts) - 1)], -1), np.asarray(fc.seen, dtype=bool)
+
+
+def _vocab_positions_to_ids(pos: np.ndarray, vocab: LabelSet, cls: LabelSet) -> np.ndarray:
+    """Positions in ``vocab.names`` (what a query writes) -> label ids of ``cls``, matched by name."""
+    if cls is vocab:
+        table = np.append(vocab.ids, -1).astype(np.int64)
+    else:
+        table = np.array([-1 if j is None else j for j in map(cls.id_of, vocab.names)] + [-1], dtype=np.int64)
+    pos = pos.astype(np.int64, copy=False)
+    ok = (pos >= 0) & (pos < vocab.num_classes)
+    return np.where(ok, table[np.where(ok, pos, vocab.num_classes)], -1)
 
 
 def evaluate_files(pred: str | os.PathLike, gt: str | os.PathLike, classes=None, *, labels=None,
@@ -501,41 +518,39 @@ def evaluate_files(pred: str | os.PathLike, gt: str | os.PathLike, classes=None,
                    remap_gt: bool = False, remap_pred: bool = False) -> tuple[EvalResult, LabelSet]:
     """``pc-ovseg eval``: read PRED and GT (clouds, label files, or a FeatureCloud .npz) and score.
 
-    ``classes`` (anything :func:`parse_classes` takes) names GT label ids. A FeatureCloud PRED is
-    queried with ``labels`` (default: ``classes``, else the file's own class names); its answers are
-    matched to ``classes`` by name. ``remap_*`` maps raw dataset ids through the label set's raw ids.
+    ``classes`` (anything :func:`parse_classes` takes) names the GT label ids. ``labels`` is the
+    vocabulary that made the prediction: a FeatureCloud PRED is queried with it (default: its own
+    class names), and a PRED file then holds positions in it (as ``pc-ovseg query/run --labels``
+    write them). Vocabulary answers are matched to ``classes`` by name. ``remap_*`` maps raw
+    dataset ids through the label set's raw ids.
     """
     pred, gt = os.fspath(pred), os.fspath(gt)
     gt_labels = read_point_labels(gt, gt_field)
     seen = None
+    vocab = parse_classes(labels) if labels is not None else None
     if _is_feature_cloud(pred) and pred_field is None:
-        if labels is None and classes is None:
+        if vocab is None and classes is None:
             from .data import FeatureCloud
             names = FeatureCloud.load(pred).class_names
             if not names:
                 raise InputError(pred, "feature file has no class names: give --labels or --classes")
-            labels = names
-        vocab = parse_classes(labels if labels is not None else classes)
+            vocab = LabelSet.from_names(names)
+        vocab = vocab or parse_classes(classes)
         cls = parse_classes(classes) if classes is not None else vocab
-        ids, seen = predict_feature_cloud(pred, vocab)
-        if cls is not vocab:  # match the vocabulary's answers to the GT ids by class name
-            table = np.full(len(vocab.class_names) + 1, -1, dtype=np.int64)
-            for i, n in zip(vocab.ids, vocab.names):
-                j = cls.id_of(n)
-                table[i] = -1 if j is None else j
-            ids = np.where(ids >= 0, table[ids], -1)
-        pred_labels = ids
+        pos, seen = predict_feature_cloud(pred, vocab)
+        pred_labels = _vocab_positions_to_ids(pos, vocab, cls)
     else:
-        classes = classes if classes is not None else labels
-        if classes is None:
+        if classes is None and vocab is None:
             raise InputError(None, "--classes is required: a label set name (e.g. scannet20), a JSON file, "
                                    "or comma-separated class names indexed by label id")
-        cls = parse_classes(classes)
+        cls = parse_classes(classes) if classes is not None else vocab
         pred_labels = read_point_labels(pred, pred_field)
+        if remap_pred:
+            pred_labels = remap_labels(pred_labels, cls)
+        if vocab is not None:
+            pred_labels = _vocab_positions_to_ids(pred_labels, vocab, cls)
     if remap_gt:
         gt_labels = remap_labels(gt_labels, cls)
-    if remap_pred:
-        pred_labels = remap_labels(pred_labels, cls)
     if len(pred_labels) != len(gt_labels):
         raise InputError(pred, f"has {len(pred_labels)} points but the ground truth {gt} has {len(gt_labels)}")
     return evaluate(pred_labels, gt_labels, cls, ignore_ids=ignore_ids, seen=seen), cls

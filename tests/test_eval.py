@@ -134,6 +134,13 @@ def test_hand_unseen_and_ignore():
     assert r.num_points == 7 and np.isnan(r.iou[2])
 
 
+def test_results_add_up_over_scenes():
+    a = evaluate(PRED[:5], GT[:5], ["a", "b", "c"])
+    b = evaluate(PRED[5:], GT[5:], ["a", "b", "c"])
+    both, whole = a + b, evaluate(PRED, GT, ["a", "b", "c"])
+    assert both.to_json() == whole.to_json()
+
+
 def test_class_absent_from_gt_but_predicted():
     gt = np.array([0, 0, 1, 1])
     pred = np.array([0, 2, 1, 1])
@@ -236,6 +243,15 @@ def test_cli_ply_field_and_raw_label_file(tmp_path, capsys, kitti, shared_data):
     res, _ = evaluate_files(tmp_path / "scan.ply", tmp_path / "scan.ply", "semantickitti19",
                             pred_field="label", gt_field="label", ignore_ids=[15])
     assert "vegetation" not in res.class_names and res.miou == 1.0
+    # a query's output holds positions in its vocabulary (--labels), matched to --classes by name
+    vocab = "terrain,car,road,fence,vegetation,pole,traffic-sign"
+    pos = np.array([-1, 1, 2, 3, 4, 0, 5, 6])[np.searchsorted([0, 1, 9, 14, 15, 17, 18, 19], kitti)]
+    np.save(tmp_path / "query.npy", pos)
+    code, out, err = run_cli(capsys, tmp_path / "query.npy", "--labels", vocab, "--gt", tmp_path / "scan.ply",
+                             "--classes", "semantickitti19", "--json")
+    assert code == 0, err
+    j = json.loads(out)
+    assert j["miou"] == 1.0 and j["per_class"]["terrain"]["predicted"] == 34534
 
 
 def test_cli_las_and_errors(capsys, shared_data, tmp_path):
