@@ -319,6 +319,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if not os.environ.get("PC_OVSEG_DEBUG"):
+        # library warnings (torch, open_clip) are for developers; users get one-line errors
+        import logging
+        import warnings
+        warnings.simplefilter("ignore")
+        logging.getLogger().setLevel(logging.ERROR)
     args = build_parser().parse_args(argv)
     _, run, _ = COMMANDS[args.command]
     try:

@@ -29,6 +29,7 @@ class FusionConfig:
     depth_agreement: bool = True  # exp(-(dz / sigma)^2), sigma = depth_sigma_rel * z + 1 cm
     depth_sigma_rel: float = 0.05
     border: float = 0.05          # weight ramps from 0.25 to 1 over this fraction of the image edge
+    not_drawn: float = 0.1        # weight when the pixel shows another point (index map) than this one
     balance: str = "granularity"  # "granularity" (sample-balanced) or "none" (plain weighted mean)
     smoothing: float = 0.0        # 0 = off; else blend with the kNN mean of fused features
     smoothing_k: int = 8
@@ -80,6 +81,11 @@ def view_visibility(view: View, cloud: PointCloud, cfg: FusionConfig | None = No
             sigma = cfg.depth_sigma_rel * z + 0.01
             dz = np.where(ok, (d - z) / sigma, 0.0)
             w *= np.exp(-np.minimum(dz * dz, 50.0)).astype(np.float32)
+        if cfg.not_drawn < 1 and view.index is not None and view.index.size:
+            # a visible point whose pixel is drawn by a neighbour sees the neighbour's feature:
+            # trust views where the point itself is what the 2D model saw
+            own = view.index[pix[:, 0], pix[:, 1]] == ids
+            w *= np.where(own, 1.0, cfg.not_drawn).astype(np.float32)
         if cfg.border > 0:
             H, W = view.hw
             edge = np.minimum.reduce([pix[:, 0], pix[:, 1], H - 1 - pix[:, 0], W - 1 - pix[:, 1]]).astype(np.float32)

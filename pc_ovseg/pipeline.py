@@ -119,7 +119,7 @@ def fuse_scene(scene: Scene, view_encoder, cache_dir: str | Path, *, fusion_cfg:
     t0 = time.time()
     cfg = fusion_cfg or FusionConfig()
     encoder = getattr(view_encoder, "encoder", None)
-    enc_settings = view_encoder.settings() if hasattr(view_encoder, "settings") else getattr(encoder, "spec", "")
+    enc_settings = getattr(view_encoder, "settings", None) or getattr(encoder, "spec", "")
     key = hashlib.sha1(json.dumps({"encoder": enc_settings,
                                    "settings": settings or {}, "fusion": vars(cfg)},
                                   sort_keys=True, default=str).encode()).hexdigest()[:12]
