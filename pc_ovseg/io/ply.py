@@ -118,8 +118,8 @@ def _read_binary(path, data, fmt, elements, pos):
         arr = np.frombuffer(data, dt, el.count, pos) if pos + need <= len(data) else None
         uniform = arr is not None and all(
             np.all(arr["_n_" + n] == arr["_n_" + n][0]) for n, _, c in el.props if c)
-        if not uniform:
-            return None  # variable-length lists (or a truncated file): let plyfile decide
+        if not uniform or sum(1 for p in el.props if p[2]) > 1:
+            return None  # variable-length or several lists (or a truncated file): let plyfile decide
         out[el.name] = arr
         pos += need
     if pos < len(data) and len(data) - pos > 1:
@@ -139,14 +139,19 @@ def _read_ascii(path, data, elements, pos):
         if el.count == 0:
             out[el.name] = {n: np.zeros(0, t) for n, t, _ in el.props}
             continue
-        toks = [ln.split() for ln in chunk]
-        width = len(toks[0])
-        if any(len(t) != width for t in toks):
-            if el.has_list:
-                return None
-            raise InputError(path, f"PLY element {el.name!r} rows have different numbers of values")
+        if el.has_list:
+            toks = [ln.split() for ln in chunk]
+            width = len(toks[0])
+            if any(len(t) != width for t in toks):
+                return None  # ragged lists: plyfile
+        else:  # fixed width: one C-level conversion of all tokens
+            width = len(el.props)
+            toks = b" ".join(chunk).split()
+            if len(toks) != width * el.count:
+                raise InputError(path, f"PLY element {el.name!r} has {len(toks)} values, header implies "
+                                       f"{el.count} rows x {width} (values per row differ)")
         try:
-            table = np.array(toks, dtype=np.float64)
+            table = np.array(toks, dtype="S").astype(np.float64).reshape(el.count, width)
         except ValueError:
             raise InputError(path, f"PLY element {el.name!r} has a non-numeric value") from None
         cols, c = {}, 0

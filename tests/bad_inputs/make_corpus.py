@@ -102,7 +102,7 @@ def main():
     put("ply_no_xyz.ply", ply_head(3, props="property float u\nproperty float v\nproperty float w\n") + xyz, "x, y, z")
     put("ply_ascii_short.ply", ply_head(5) + xyz, "truncated")
     put("ply_ascii_nonnumeric.ply", ply_head(3) + "0 0 0\n1 abc 0\n0 1 0\n", "non-numeric")
-    put("ply_ascii_wrong_width.ply", ply_head(3) + "0 0 0 1\n1 0 0 1\n0 1 0 1\n", "values per row")
+    put("ply_ascii_wrong_width.ply", ply_head(3) + "0 0 0 1\n1 0 0 1\n0 1 0 1\n", "values per row differ")
     put("ply_nan.ply", ply_head(3) + "0 0 0\nnan 0 0\n0 1 0\n", "NaN/Inf")
     put("ply_inf.ply", ply_head(3) + "0 0 0\n1 inf 0\n0 1 -inf\n", "NaN/Inf")
     put("ply_empty_cloud.ply", ply_head(0), "no points")
