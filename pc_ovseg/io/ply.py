@@ -122,9 +122,7 @@ def _read_binary(path, data, fmt, elements, pos):
             return None  # variable-length or several lists (or a truncated file): let plyfile decide
         out[el.name] = arr
         pos += need
-    if pos < len(data) and len(data) - pos > 1:
-        pass  # trailing bytes are tolerated (some writers pad)
-    return out
+    return out  # trailing bytes are tolerated (some writers pad)
 
 
 def _read_ascii(path, data, elements, pos):
@@ -194,12 +192,6 @@ def _read_plyfile(path):
     return out
 
 
-def _column(el, name):
-    if isinstance(el, np.ndarray):
-        return el[name]
-    return el[name]
-
-
 def _names(el):
     return list(el.dtype.names) if isinstance(el, np.ndarray) else list(el)
 
@@ -253,43 +245,41 @@ def read_ply(path: str, layout=None) -> PointCloud | Mesh:
     names = _names(v)
     if not {"x", "y", "z"} <= set(names):
         raise InputError(path, "PLY vertex element lacks x, y, z properties")
-    xyz = np.stack([np.asarray(_column(v, a)) for a in "xyz"], 1)
+    xyz = np.stack([np.asarray(v[a]) for a in "xyz"], 1)
     used = {"x", "y", "z"}
     rgb = None
     for trio in _RGB_NAMES:
         if set(trio) <= set(names):
-            rgb = np.stack([np.asarray(_column(v, a)) for a in trio], 1)
+            rgb = np.stack([np.asarray(v[a]) for a in trio], 1)
             used |= set(trio)
             break
     normals = None
     if {"nx", "ny", "nz"} <= set(names):
-        normals = np.stack([np.asarray(_column(v, a)) for a in ("nx", "ny", "nz")], 1)
+        normals = np.stack([np.asarray(v[a]) for a in ("nx", "ny", "nz")], 1)
         used |= {"nx", "ny", "nz"}
     fields = {}
     for spec in meta.get("field", []):          # grouped / retyped fields written by pc_ovseg
         name, shape, dtype = spec["name"], spec.get("shape", []), spec["dtype"]
         cols = [f"{name}_{i}" for i in range(int(np.prod(shape)))] if shape else [name]
         if set(cols) <= set(names):
-            arr = np.stack([np.asarray(_column(v, c)) for c in cols], 1) if shape else np.asarray(_column(v, name))
+            arr = np.stack([np.asarray(v[c]) for c in cols], 1) if shape else np.asarray(v[name])
             fields[name] = arr.astype(dtype).reshape((len(xyz), *shape))
             used |= set(cols)
     for n in names:
         if n not in used:
-            fields[n] = np.ascontiguousarray(_column(v, n))
-    grid = tuple(int(v) for v in meta["grid"][0]) if "grid" in meta else None
+            fields[n] = np.ascontiguousarray(v[n])
+    grid = tuple(int(g) for g in meta["grid"][0]) if "grid" in meta else None
     if grid is not None and grid[0] * grid[1] != len(xyz):
         grid = None
     origin = np.asarray(meta["origin"][0], np.float64) if "origin" in meta else None
     if origin is not None and xyz.dtype != np.float64:
         origin = None  # written relative already
-    if rgb is not None and rgb.dtype != np.uint8:
-        rgb = np.asarray(rgb)
     faces_el = els.get("face")
     if faces_el is not None and len(_names(faces_el)):
         lname = next((n for n in _FACE_LISTS if n in _names(faces_el)), None)
         if lname is None:
             raise InputError(path, "PLY face element has no vertex_indices list")
-        lists = _column(faces_el, lname)
+        lists = faces_el[lname]
         faces = _triangulate(path, lists if not isinstance(lists, np.ndarray) or lists.dtype != object else list(lists))
         if len(faces):
             cloud = make_cloud(path, xyz, rgb=rgb, normals=normals, fields=fields, origin=origin)
