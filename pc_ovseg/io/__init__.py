@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
 
 from ..data import FrameSequence, Mesh, PointCloud
 from ..errors import InputError

@@ -7,7 +7,6 @@ written file reads back bit-exact while staying a plain PLY for other tools.
 """
 from __future__ import annotations
 
-import io as _io
 import json
 import os
 

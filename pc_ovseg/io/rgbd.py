@@ -49,7 +49,7 @@ def _image_size(path: str) -> tuple[int, int]:
     try:
         with Image.open(path) as im:
             return im.size
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as exc:
         raise InputError(path, f"not a readable image ({type(exc).__name__})") from None
 
 
@@ -59,7 +59,7 @@ def load_color(path: str) -> np.ndarray:
     try:
         with Image.open(path) as im:
             return np.asarray(im.convert("RGB"))
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as exc:
         raise InputError(path, f"not a readable image ({exc_text(exc)})") from None
 
 
@@ -76,7 +76,7 @@ def load_depth(path: str, scale: float, invalid=(0,)) -> np.ndarray:
         try:
             with Image.open(path) as im:
                 raw = np.asarray(im)
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as exc:
             raise InputError(path, f"not a readable depth image ({exc_text(exc)})") from None
     if raw.ndim == 3 and raw.shape[2] in (1, 3, 4):
         raise InputError(path, f"depth must be single-channel, got {raw.shape[2]} channels")

@@ -113,6 +113,11 @@ def main():
     put("ply_property_before_element.ply", "ply\nformat ascii 1.0\nproperty float x\nelement vertex 1\nend_header\n0\n", "before any element")
     put("ply_face_two_vertices.ply", ply_head(3, extra="element face 1\nproperty list uchar int vertex_indices\n") + xyz + "2 0 1\n", "need >= 3")
     put("ply_huge_count.ply", ply_head(10 ** 12, "binary_little_endian").encode() + np.zeros(9, "<f4").tobytes(), "truncated")
+    faces_head = lambda n: ply_head(3, "binary_little_endian", extra=f"element face {n}\nproperty list uchar int vertex_indices\n").encode()  # noqa: E731
+    tri = bytes([3]) + np.array([0, 1, 2], "<i4").tobytes()
+    put("ply_face_huge_count.ply", faces_head(10 ** 12) + np.zeros(9, "<f4").tobytes() + tri, "malformed PLY")
+    put("ply_ragged_faces_truncated.ply", faces_head(5) + np.zeros(9, "<f4").tobytes() + tri * 2
+        + bytes([4]) + np.array([0, 1, 2, 1], "<i4").tobytes(), "malformed PLY")
     put("ply_no_format.ply", "ply\nelement vertex 3\nproperty float x\nproperty float y\nproperty float z\nend_header\n" + xyz, "no format")
     # --- PCD ------------------------------------------------------------------------------------
     pts = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0]], "<f4")
