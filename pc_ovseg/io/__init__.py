@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 
 from ..data import FrameSequence, Mesh, PointCloud
 from ..errors import InputError
@@ -19,7 +20,7 @@ from .describe import describe, format_description
 from .las import write_las
 from .ply import write_ply
 
-__all__ = ["read", "read_cloud", "read_mesh", "read_frames", "read_labels", "write", "write_ply",
+__all__ = ["read", "read_cloud", "downsample", "read_mesh", "read_frames", "read_labels", "write", "write_ply",
            "write_las", "write_npz", "describe", "format_description", "reader_for", "WRITERS"]
 
 
@@ -61,14 +62,33 @@ def read(path, *, layout: str | None = None) -> PointCloud | Mesh | FrameSequenc
         raise InputError(p, f"cannot read as {r.name} ({exc_text(exc)})") from None
 
 
-def read_cloud(path, *, layout: str | None = None) -> PointCloud:
-    """A point cloud; meshes give their vertices (with colours and fields)."""
+def read_cloud(path, *, layout: str | None = None, voxel_size: float | None = None) -> PointCloud:
+    """A point cloud; meshes give their vertices (with colours and fields).
+
+    ``voxel_size`` (metres) thins it to one point per voxel with ``downsample``.
+    """
     obj = read(path, layout=layout)
     if isinstance(obj, Mesh):
-        return obj.to_point_cloud()
+        obj = obj.to_point_cloud()
     if isinstance(obj, FrameSequence):
         raise InputError(path, "is an RGB-D sequence, not a point cloud (use read_frames)")
-    return obj
+    return obj if voxel_size is None else downsample(obj, voxel_size)
+
+
+def downsample(cloud: PointCloud, voxel_size: float) -> PointCloud:
+    """One point per voxel of ``floor(xyz / voxel_size)``: the first point of each voxel, so every
+    field (labels, intensity, colour) stays a real measured value. NaN points (organised clouds)
+    are dropped, and with them the grid. Uses the native voxeliser."""
+    from ..native import voxelize
+    if not voxel_size > 0:
+        raise ValueError(f"voxel_size must be > 0, got {voxel_size}")
+    finite = np.isfinite(cloud.xyz).all(1)
+    base = cloud if finite.all() and cloud.grid_shape is None else cloud.select(np.flatnonzero(finite))
+    try:
+        _, _, first, _ = voxelize(base.xyz, voxel_size)
+    except ValueError as exc:
+        raise InputError(cloud.source, f"cannot voxelise at {voxel_size} m: {exc}") from None
+    return base.select(first)
 
 
 def read_mesh(path) -> Mesh:
