@@ -375,6 +375,8 @@ MANIFEST_FORMAT = "pc_ovseg.frames/1"
 def read_manifest(path: str, d: dict) -> FrameSequence:
     """The generic manifest (docs/io.md): per-frame colour/depth/pose, calibration, conventions."""
     base = os.path.dirname(os.path.abspath(path))
+    if d.get("format", MANIFEST_FORMAT) != MANIFEST_FORMAT:
+        raise InputError(path, f"unsupported manifest format {d['format']!r} (this version reads {MANIFEST_FORMAT})")
     frames = d["frames"]
     if not isinstance(frames, list) or not frames:
         raise InputError(path, "'frames' must be a non-empty list")

@@ -232,6 +232,8 @@ def main():
     manifest("manifest_size_mismatch.json", "calibration says",
              {"intrinsics": {**INTR, "width": 16, "height": 12}, "frames": [GOOD_FRAME]})
     manifest("manifest_list.json", "top level", [GOOD_FRAME])  # type: ignore[arg-type]
+    manifest("manifest_future_format.json", "unsupported manifest format",
+             {"format": "pc_ovseg.frames/9", "intrinsics": INTR, "frames": [GOOD_FRAME]})
     manifest("manifest_unknown_kind.json", "neither", {"cameras": []})
     manifest("scene_missing_image.json", "not found", {"intrinsics_4x4": np.eye(4).tolist(), "image_size_wh": [8, 6],
                                                        "images": [{"path": "posed/0.jpg", "camera_to_world": np.eye(4).tolist()}]})
