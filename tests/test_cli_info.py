@@ -7,15 +7,17 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+import pc_ovseg
 
-ROOT = Path(__file__).resolve().parents[1]
+
+# the subprocess imports the same pc_ovseg as this test (source tree or installed package)
+PKG_PARENT = Path(pc_ovseg.__file__).resolve().parents[1]
 LAYOUTS = {"scene0000_00.bin": "xyzrgb"}
 SKIP = {".md", ".jpg", ".txt", ".png"}  # documentation and the images of RGB-D folders
 
 
 def _info(path, *extra) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PKG_PARENT), os.environ.get("PYTHONPATH", "")])}
     cmd = [sys.executable, "-m", "pc_ovseg", "info", str(path), *extra]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
 

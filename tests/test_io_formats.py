@@ -247,3 +247,21 @@ def test_e57_needs_pye57_or_reads(tmp_path):
     p.write_bytes(b"ASTM-E57" + bytes(100))
     with pytest.raises(InputError, match="E57"):
         pio.read_cloud(p)
+
+
+def test_e57_reads_scans_with_colour_and_intensity(tmp_path):
+    pye57 = pytest.importorskip("pye57")
+    n = 200
+    # pye57's writer stores single-precision coordinates: use values float32 holds exactly
+    grid = RNG.integers(0, 4000, (n, 3)) / 8.0
+    d = {"cartesianX": grid[:, 0] + 500000.0, "cartesianY": grid[:, 1], "cartesianZ": grid[:, 2],
+         "intensity": RNG.random(n), **{f"color{c}": RNG.integers(0, 256, n).astype(np.uint8)
+                                        for c in ("Red", "Green", "Blue")}}
+    e = pye57.E57(str(tmp_path / "s.e57"), mode="w")
+    e.write_scan_raw(d)
+    e.close()
+    c = pio.read_cloud(tmp_path / "s.e57")
+    world = np.stack([d["cartesianX"], d["cartesianY"], d["cartesianZ"]], 1)
+    assert len(c) == n and c.origin[0] > 4096 and c.origin[0] == np.round(c.origin[0])
+    assert np.array_equal(c.world_xyz, world)
+    assert np.array_equal(c.rgb[:, 0], d["colorRed"]) and "intensity" in c.fields

@@ -136,3 +136,15 @@ def test_read_dispatch_types(shared_data):
         pio.read_cloud(shared_data / "7scenes-redkitchen")
     with pytest.raises(InputError, match="not a mesh"):
         pio.read_mesh(shared_data / "las" / "warsaw_small.las")
+
+
+def test_read_cloud_voxel_downsampling(shared_data):
+    from pc_ovseg import native
+    full = pio.read_cloud(shared_data / "mosd" / "test33.pcd")
+    thin = pio.read_cloud(shared_data / "mosd" / "test33.pcd", voxel_size=0.02)
+    valid = full.select(np.flatnonzero(np.isfinite(full.xyz).all(1)))
+    coords, _, first, _ = native.voxelize(valid.xyz, 0.02)
+    assert len(thin) == len(coords) < len(valid) and thin.grid_shape is None
+    assert np.array_equal(thin.xyz, valid.xyz[first])
+    assert np.array_equal(thin.fields["label"], valid.fields["label"][first])
+    assert np.array_equal(thin.rgb, valid.rgb[first])
