@@ -133,13 +133,15 @@ def cmd_render(args) -> int:
 
 
 # --- fuse / query / eval / run (fusion, query, eval, pipeline) -------------------------------
-def _vocabulary(arg: str) -> list[str]:
-    """--labels: a label-set name (data/labelsets), a JSON/text file, or comma-separated names."""
-    try:
-        from .eval import parse_classes
-        return list(parse_classes(arg).prompt_names())
-    except ImportError:  # pragma: no cover
-        return [s.strip() for s in arg.split(",") if s.strip()]
+def _vocabulary(arg: str) -> dict:
+    """--labels: a label-set name (data/labelsets), a JSON/text file, or comma-separated names.
+
+    Returns the query texts (each class's first prompt), their class ids, and how LAS codes them.
+    """
+    from .eval import parse_classes
+    ls = parse_classes(arg)
+    return {"vocabulary": list(ls.prompt_names()), "class_ids": list(ls.ids),
+            "las_codes": "asprs" if ls.name == "asprs" else "shift"}
 
 
 def _scene_args(p):
@@ -172,7 +174,8 @@ def _scene_kw(args) -> dict:
 @arguments(_run_args)
 def cmd_run(args) -> int:
     from .pipeline import run
-    summary = run(args.input, args.out, _vocabulary(args.labels), encoder_args=args, **_scene_kw(args))
+    voc = _vocabulary(args.labels)
+    summary = run(args.input, args.out, voc.pop("vocabulary"), encoder_args=args, **voc, **_scene_kw(args))
     if args.json:
         print_json(summary)
     else:
@@ -234,7 +237,11 @@ def cmd_query(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.labels:
-        summary = export_labels(out, fc, _vocabulary(args.labels))
+        voc = _vocabulary(args.labels)
+        if fc.class_names:  # label-space features: a class is queried by its own name
+            from .eval import parse_classes
+            voc["vocabulary"] = list(parse_classes(args.labels).names)
+        summary = export_labels(out, fc, voc.pop("vocabulary"), **voc)
     else:
         if not args.text.strip() or len(args.text) > 500:
             raise InputError(None, "--text must be 1-500 characters")

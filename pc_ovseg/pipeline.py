@@ -160,9 +160,15 @@ def fuse_scene(scene: Scene, view_encoder, cache_dir: str | Path, *, fusion_cfg:
     return fc, stats
 
 
-def export_labels(out_dir: str | Path, fc: FeatureCloud, vocabulary: list[str], *, min_similarity=None,
-                  formats=("ply", "las", "npz")) -> dict:
-    """Label every point over ``vocabulary`` and write PLY/LAS/NPZ + legend; returns a summary."""
+def export_labels(out_dir: str | Path, fc: FeatureCloud, vocabulary: list[str], *, class_ids=None,
+                  las_codes: str = "shift", min_similarity=None, formats=("ply", "las", "npz")) -> dict:
+    """Label every point over ``vocabulary`` and write PLY/LAS/NPZ + legend; returns a summary.
+
+    ``label`` in PLY/NPZ is the class id (``class_ids[i]`` for vocabulary entry i, default i) and
+    -1 where no view saw the point. LAS classification is one byte without a "none" value, so
+    ``las_codes="shift"`` writes id + 1 with 0 = unseen ("never classified"), and
+    ``las_codes="asprs"`` writes the ids themselves (ASPRS codes) with 1 = unseen ("unclassified").
+    """
     from . import io
     from .colors import label_colors, save_legend
     from .query import QueryEngine
@@ -170,20 +176,29 @@ def export_labels(out_dir: str | Path, fc: FeatureCloud, vocabulary: list[str], 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     res = QueryEngine(fc).labels(vocabulary, min_similarity=min_similarity)
+    ids = np.arange(len(vocabulary)) if class_ids is None else np.asarray(class_ids, np.int64)
+    seen = res.labels >= 0
+    labels = np.where(seen, ids[np.maximum(res.labels, 0)], -1).astype(np.int32)
     colors = label_colors(res.labels, len(vocabulary))
+    if las_codes == "asprs":
+        las_labels = np.where(seen, labels, 1)
+    else:
+        las_labels = np.where(seen, labels + 1, 0)
     written = []
     for fmt in formats:
         p = out / f"labels.{fmt}"
-        io.write(p, fc.cloud, labels=res.labels, scores=res.scores, colors=colors)
+        io.write(p, fc.cloud, labels=las_labels if fmt == "las" else labels, scores=res.scores, colors=colors)
         written.append(str(p))
     save_legend(out / "legend.png", list(vocabulary), title="labels")
-    hist = np.bincount(res.labels[res.labels >= 0], minlength=len(vocabulary))
+    hist = np.bincount(res.labels[seen], minlength=len(vocabulary))
     return {"files": written + [str(out / "legend.png")],
             "label_counts": {n: int(c) for n, c in zip(vocabulary, hist)},
-            "unseen": int((res.labels < 0).sum()), "points": len(res.labels)}
+            "class_ids": {n: int(i) for n, i in zip(vocabulary, ids)},
+            "unseen": int((~seen).sum()), "points": len(res.labels)}
 
 
-def run(path: str, out_dir: str | Path, vocabulary: list[str], *, view_encoder=None, encoder_args=None,
+def run(path: str, out_dir: str | Path, vocabulary: list[str], *, class_ids=None, las_codes: str = "shift",
+        view_encoder=None, encoder_args=None,
         max_views: int | None = None, cloud_path: str | None = None, fusion_cfg: FusionConfig | None = None,
         progress: bool = True, **scene_kw) -> dict:
     """The main job: fused features and labels for any input, resuming from ``out_dir/cache``."""
@@ -202,7 +217,7 @@ def run(path: str, out_dir: str | Path, vocabulary: list[str], *, view_encoder=N
     summary = {"input": str(path), "points": len(scene.cloud), "views": stats.views,
                "views_computed": stats.computed, "views_cached": stats.cached,
                "coverage": round(fc.coverage, 6), "encoder": fc.encoder, "fused": str(out / "fused.npz")}
-    summary.update(export_labels(out, fc, vocabulary))
+    summary.update(export_labels(out, fc, vocabulary, class_ids=class_ids, las_codes=las_codes))
     summary["seconds"] = round(time.time() - t0, 3)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
