@@ -336,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
         import logging
         import warnings
         warnings.simplefilter("ignore")
-        logging.getLogger().setLevel(logging.ERROR)
+        logging.disable(logging.CRITICAL)
     args = build_parser().parse_args(argv)
     _, run, _ = COMMANDS[args.command]
     try:
