@@ -31,6 +31,7 @@ class FusionConfig:
     border: float = 0.05          # weight ramps from 0.25 to 1 over this fraction of the image edge
     not_drawn: float = 0.1        # weight when the pixel shows another point (index map) than this one
     balance: str = "granularity"  # "granularity" (sample-balanced) or "none" (plain weighted mean)
+    segments: float = 0.7         # blend with the mean over geometric segments (0 = off)
     smoothing: float = 0.0        # 0 = off; else blend with the kNN mean of fused features
     smoothing_k: int = 8
 
@@ -147,6 +148,8 @@ class FeatureFusion:
             weight = self.totals.sum(1) * (self.wsum > 0)  # confidence = geometric evidence
         fc = FeatureCloud(cloud, self.acc, weight.astype(np.float32), self.count, encoder, class_names,
                           dict(meta or {}, fusion=vars(self.cfg).copy()))
+        if self.cfg.segments > 0:
+            smooth_over_segments(fc, geometric_segments(cloud), self.cfg.segments)
         if self.cfg.smoothing > 0:
             smooth_features(fc, self.cfg.smoothing, self.cfg.smoothing_k)
         return fc
@@ -186,3 +189,78 @@ def smooth_features(fc: FeatureCloud, strength: float = 0.5, k: int = 8, chunk: 
         mixed /= np.maximum(np.linalg.norm(mixed, axis=1, keepdims=True), 1e-8)
         out[s:s + chunk] = mixed.astype(np.float16)
     fc.features[seen] = out
+
+
+def estimate_normals(xyz: np.ndarray, k: int = 12, chunk: int = 200_000) -> np.ndarray:
+    """Unoriented PCA normals from k nearest neighbours (smallest covariance eigenvector)."""
+    from scipy.spatial import cKDTree
+
+    tree = cKDTree(xyz)
+    out = np.zeros((len(xyz), 3), np.float32)
+    for s in range(0, len(xyz), chunk):
+        _, nn = tree.query(xyz[s:s + chunk], k=min(k, len(xyz)), workers=-1)
+        nb = xyz[nn].astype(np.float64)
+        nb -= nb.mean(1, keepdims=True)
+        cov = np.einsum("nki,nkj->nij", nb, nb)
+        _, vec = np.linalg.eigh(cov)
+        out[s:s + chunk] = vec[:, :, 0]
+    return out
+
+
+def geometric_segments(cloud: PointCloud, *, k: int = 10, threshold: float = 0.05, min_size: int = 30,
+                       color_weight: float = 0.5) -> np.ndarray:
+    """Over-segment a cloud into surface pieces (ScanNet-segmentator style, on a kNN graph).
+
+    Edge weight = 1 - |n_i . n_j| (+ colour difference); edges much longer than the local point
+    spacing are cut so separate objects never share a segment. Returns (N,) ids, -1 = invalid point.
+    """
+    from scipy.spatial import cKDTree
+
+    from . import native
+
+    valid = np.flatnonzero(np.isfinite(cloud.xyz).all(1))
+    seg = np.full(len(cloud), -1, np.int64)
+    if len(valid) <= k:
+        seg[valid] = 0
+        return seg
+    xyz = cloud.xyz[valid]
+    normals = cloud.normals[valid] if cloud.normals is not None else estimate_normals(xyz)
+    d, nn = cKDTree(xyz).query(xyz, k=k + 1, workers=-1)
+    d, nn = d[:, 1:], nn[:, 1:]
+    spacing = np.median(d[:, 0])
+    u = np.repeat(np.arange(len(xyz)), k)
+    v = nn.reshape(-1)
+    keep = (d.reshape(-1) <= 4.0 * spacing) & (u < v)
+    u, v = u[keep], v[keep]
+    w = 1.0 - np.abs(np.sum(normals[u] * normals[v], axis=1))
+    if cloud.rgb is not None and color_weight > 0:
+        rgb = cloud.rgb[valid].astype(np.float32) / 255.0
+        w = w + color_weight * np.linalg.norm(rgb[u] - rgb[v], axis=1) / np.sqrt(3.0)
+    seg[valid] = native.segment_graph(len(xyz), u, v, w.astype(np.float32), threshold, min_size)
+    return seg
+
+
+def smooth_over_segments(fc: FeatureCloud, segments: np.ndarray, strength: float = 0.7,
+                         chunk: int = 64) -> None:
+    """Blend each seen point's feature with its segment's weighted mean feature (in place).
+
+    A segment is one surface piece; its mean is a vote of every view that saw any part of it, so
+    a 2D mask error that covers a minority of the piece is outvoted. Unseen points stay unseen.
+    """
+    seen = fc.seen & (segments >= 0)
+    idx = np.flatnonzero(seen)
+    if len(idx) == 0:
+        return
+    seg = segments[idx]
+    n_seg = int(seg.max()) + 1
+    w = fc.weight[idx].astype(np.float64)
+    wsum = np.bincount(seg, weights=w, minlength=n_seg)
+    D = fc.features.shape[1]
+    mixed = np.empty((len(idx), D), np.float32)
+    for c in range(0, D, chunk):  # column chunks keep the temporaries small
+        f = fc.features[idx, c:c + chunk].astype(np.float32)
+        means = np.stack([np.bincount(seg, weights=w * f[:, j], minlength=n_seg) for j in range(f.shape[1])], 1)
+        means /= np.maximum(wsum, 1e-12)[:, None]
+        mixed[:, c:c + chunk] = (1 - strength) * f + strength * means[seg]
+    mixed /= np.maximum(np.linalg.norm(mixed, axis=1, keepdims=True), 1e-8)
+    fc.features[idx] = mixed.astype(np.float16)

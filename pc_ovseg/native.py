@@ -127,6 +127,11 @@ def fuse_add_weights(totals: np.ndarray, ids: np.ndarray, weights: np.ndarray, g
     _C.fuse_add_weights(totals, _f(ids, np.int64), _f(weights), int(group))
 
 
+def segment_graph(n: int, u: np.ndarray, v: np.ndarray, w: np.ndarray, k: float, min_size: int) -> np.ndarray:
+    """Felzenszwalb graph segmentation of n nodes with weighted edges (u, v, w) -> (n,) segment ids."""
+    return _C.segment_graph(int(n), _f(u, np.int64), _f(v, np.int64), _f(w), float(k), int(min_size))
+
+
 def normalize_rows_half(acc: np.ndarray) -> None:
     """In place L2 normalisation of float16 rows (zero rows stay zero)."""
     if acc.dtype != np.float16 or not acc.flags.c_contiguous:

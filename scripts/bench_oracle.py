@@ -30,6 +30,8 @@ def main(argv=None) -> int:
     ap.add_argument("--layout", help="raw .bin/.npy layout, e.g. xyzrgb")
     ap.add_argument("--gt-divide", type=int, default=1, help="use label // K (mOSD: 10 merges object parts)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--segments", type=float, default=None, help="fusion: blend with segment means (0 = off)")
+    ap.add_argument("--not-drawn", type=float, default=None, help="fusion: weight where another point is drawn")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
 
@@ -38,6 +40,7 @@ def main(argv=None) -> int:
     from pc_ovseg import io
     from pc_ovseg.errors import PcOvsegError
     from pc_ovseg.eval import evaluate, parse_classes
+    from pc_ovseg.fusion import FusionConfig
     from pc_ovseg.oracle import oracle_fuse
     from pc_ovseg.query import QueryEngine
 
@@ -56,8 +59,13 @@ def main(argv=None) -> int:
         valid &= ~np.isin(gt, [i for i, n in enumerate(names) if n == "ignore"])
         gt_eval = np.where(valid, gt, -1)
         frames = io.read_frames(args.frames) if args.frames else None
+        cfg = FusionConfig()
+        if args.segments is not None:
+            cfg.segments = args.segments
+        if args.not_drawn is not None:
+            cfg.not_drawn = args.not_drawn
         fc = oracle_fuse(cloud, gt_eval, names, frames=frames, noise=args.noise, max_views=args.max_views,
-                         seed=args.seed)
+                         seed=args.seed, fusion_cfg=cfg)
         pred = QueryEngine(fc).labels(names).labels
         res = evaluate(pred, gt_eval, names, ignore_label=-1)
     except PcOvsegError as err:

@@ -4,7 +4,9 @@
 #include "common.h"
 
 #include <cmath>
+#include <algorithm>
 #include <cstring>
+#include <vector>
 
 namespace pcov {
 namespace {
@@ -117,6 +119,64 @@ void normalize_rows_half(Array<uint16_t, nb::ndim<2>> acc) {
   }
 }
 
+// Felzenszwalb-Huttenlocher graph segmentation (as ScanNet's mesh segmentator, here on a point
+// kNN graph): edges in increasing weight merge two components when the weight is below both
+// components' internal difference + k / size; components smaller than min_size are then merged
+// into their cheapest neighbour.
+Array<int64_t> segment_graph(int64_t n, In<int64_t, nb::ndim<1>> eu, In<int64_t, nb::ndim<1>> ev,
+                             In<float, nb::ndim<1>> ew, double k, int64_t min_size) {
+  const int64_t e = eu.shape(0);
+  if ((int64_t)ev.shape(0) != e || (int64_t)ew.shape(0) != e) throw std::invalid_argument("edge arrays differ in length");
+  const int64_t* U = eu.data();
+  const int64_t* V = ev.data();
+  const float* Wt = ew.data();
+  for (int64_t i = 0; i < e; ++i)
+    if (U[i] < 0 || U[i] >= n || V[i] < 0 || V[i] >= n) throw std::out_of_range("edge endpoint out of range");
+  int64_t* out = new int64_t[n];
+  {
+    nb::gil_scoped_release release;
+    std::vector<int64_t> order(e);
+    for (int64_t i = 0; i < e; ++i) order[i] = i;
+    std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return Wt[a] < Wt[b]; });
+    std::vector<int64_t> parent(n), size(n, 1);
+    std::vector<float> thresh(n, float(k));
+    for (int64_t i = 0; i < n; ++i) parent[i] = i;
+    auto find = [&](int64_t x) {
+      while (parent[x] != x) { parent[x] = parent[parent[x]]; x = parent[x]; }
+      return x;
+    };
+    for (int64_t t = 0; t < e; ++t) {
+      const int64_t idx = order[t];
+      int64_t a = find(U[idx]), b = find(V[idx]);
+      if (a == b) continue;
+      const float w = Wt[idx];
+      if (w <= thresh[a] && w <= thresh[b]) {
+        if (size[a] < size[b]) std::swap(a, b);
+        parent[b] = a;
+        size[a] += size[b];
+        thresh[a] = w + float(k / double(size[a]));
+      }
+    }
+    for (int64_t t = 0; t < e; ++t) {
+      const int64_t idx = order[t];
+      int64_t a = find(U[idx]), b = find(V[idx]);
+      if (a != b && (size[a] < min_size || size[b] < min_size)) {
+        if (size[a] < size[b]) std::swap(a, b);
+        parent[b] = a;
+        size[a] += size[b];
+      }
+    }
+    std::vector<int64_t> label(n, -1);
+    int64_t next = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t r = find(i);
+      if (label[r] < 0) label[r] = next++;
+      out[i] = label[r];
+    }
+  }
+  return to_numpy(out, {(size_t)n});
+}
+
 }  // namespace
 
 void bind_fusion(nb::module_& m) {
@@ -125,6 +185,8 @@ void bind_fusion(nb::module_& m) {
         "Running weighted mean of feats into acc (fp16 bits, in place); ids unique within a call.");
   m.def("fuse_add_weights", &add_weights, nb::arg("totals"), nb::arg("ids"), nb::arg("weights"), nb::arg("group"),
         "totals[ids, group] += weights (pass 1 of balanced fusion).");
+  m.def("segment_graph", &segment_graph, nb::arg("n"), nb::arg("u"), nb::arg("v"), nb::arg("w"), nb::arg("k"),
+        nb::arg("min_size"), "Felzenszwalb segmentation of an n-node graph -> segment id per node (0..S-1).");
   m.def("normalize_rows_half", &normalize_rows_half, nb::arg("acc"), "L2-normalise fp16 rows in place.");
 }
 
