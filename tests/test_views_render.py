@@ -51,7 +51,7 @@ def test_render_is_solid_and_consistent(shared_data):
     _, z = cam.project(cloud.xyz[v.point_ids])
     d = v.depth[v.pixels[:, 0], v.pixels[:, 1]]
     assert np.median(np.abs(d - z)) < 0.03
-    assert np.isin(v.index[hit], v.point_ids).mean() > 0.9  # pixels show points that count as visible
+    assert np.isin(v.index[hit], v.point_ids).mean() > 0.8  # pixels mostly show points counted visible
     holes = render_view(cloud, cam, splat="point", fill_holes=False)
     assert (holes.index >= 0).mean() < 0.5                 # what splatting + filling fixes
 
