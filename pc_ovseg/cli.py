@@ -76,6 +76,8 @@ def _render_args(p):
     p.add_argument("--width", type=int, default=640)
     p.add_argument("--height", type=int, default=480)
     p.add_argument("--cloud", help="point cloud for posed frames (default: built from the frames' depth)")
+    p.add_argument("--cloud-frames", type=int, default=None,
+                   help="build the cloud of an RGB-D folder from at most this many frames (default: all)")
     p.add_argument("--layout", help="raw .bin/.npy column layout, e.g. xyz, xyzrgb, xyzi")
     p.add_argument("--depth-format", choices=["png", "npy"], default="png",
                    help="depth as 16-bit PNG in millimetres (default) or float32 .npy metres")
@@ -99,7 +101,7 @@ def cmd_render(args) -> int:
         if args.cloud:
             cloud = read_cloud(args.cloud, layout=args.layout)
         elif src.has_depth:
-            cloud = cloud_from_frames(src)
+            cloud = cloud_from_frames(src, max_frames=args.cloud_frames)
         else:
             raise InputError(args.input, "frames have no depth: pass the scene's point cloud with --cloud")
         views = make_views(src, cloud=cloud, max_views=args.max_views)

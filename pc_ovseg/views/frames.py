@@ -15,10 +15,10 @@ import numpy as np
 from .. import native
 from ..data import Camera, FrameSequence, PointCloud, RGBDFrame, View
 from ..errors import InputError
-from .geometry import point_spacing
 from .render import SPLAT_SCALE, VIS_TOL_SPACING, splat_radius
 
 MAX_VIS_WIDTH = 640   # frames without depth are z-buffered at most this wide (speed; enough for visibility)
+# with discs up to 24 px there, so surfaces close to a hand-held camera stay closed
 MOSD_K = np.array([[525.0, 0, 319.5], [0, 525.0, 239.5], [0, 0, 1]])
 
 
@@ -145,7 +145,7 @@ def frame_view(frame: RGBDFrame, cloud: PointCloud, *, rel_tol: float = 0.05, ab
     else:  # no sensor depth: z-buffer the cloud itself (at most MAX_VIS_WIDTH wide)
         s = min(1.0, MAX_VIS_WIDTH / cam.width)
         test_cam = cam if s == 1.0 else cam.scaled(max(1, round(cam.width * s)), max(1, round(cam.height * s)))
-        test_depth, _ = native.splat(cloud.xyz, test_cam, radius=splat_radius(cloud))
+        test_depth, _ = native.splat(cloud.xyz, test_cam, radius=splat_radius(cloud), max_pixel_radius=24.0)
         point_tol = VIS_TOL_SPACING / SPLAT_SCALE * splat_radius(cloud)
     sb = int(np.ceil(border * test_cam.width / cam.width))
     ids, pix, _ = native.depth_test(cloud.xyz, test_cam, test_depth, rel_tol=rel_tol, abs_tol=abs_tol,

@@ -165,7 +165,9 @@ def plan_aerial(f: _Frame, w: int, h: int) -> list[tuple[Camera, str]]:
     lo, hi = f.lo, f.hi
     ground = np.percentile(f.xyz[:, 2], 5) if len(f.xyz) else lo[2]
     cams: list[tuple[Camera, str]] = []
-    for n_tiles, gran in ((1, "scene"), (2, "mid"), (4, "close")):
+    # finer tilings only where there are enough points for them to show more than the coarser ones
+    levels = [(n, g) for n, g in ((1, "scene"), (2, "mid"), (4, "close")) if n == 1 or len(f.xyz) >= 2500 * n * n]
+    for n_tiles, gran in levels:
         size = f.ext[:2] / n_tiles
         for i in range(n_tiles):
             for j in range(n_tiles):

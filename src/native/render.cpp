@@ -11,6 +11,8 @@
 #include <memory>
 #include <vector>
 
+static_assert(sizeof(std::atomic<uint64_t>) == sizeof(uint64_t), "lock-free 64-bit atomics expected");
+
 namespace pcov {
 namespace {
 
@@ -205,14 +207,15 @@ nb::tuple splat(In<float, nb::shape<-1, 3>> xyz, In<double, nb::shape<3, 4>> w2c
     std::unique_ptr<std::atomic<uint64_t>[]> zbuf(new std::atomic<uint64_t>[npx]);
     for (int64_t o = 0; o < npx; ++o) zbuf[o].store(~uint64_t(0), std::memory_order_relaxed);
 
-#pragma omp parallel for schedule(dynamic, 16384) if (n > kParallelPoints)
-    for (int64_t i = 0; i < n; ++i) {
+    // Each point draws its disc; the packed (depth bits, index) key makes "nearest wins, ties to
+    // the lower index" a single integer min, done with CAS when threads share the buffer.
+    auto draw = [&](int64_t i, auto&& write_min) {
       float z; int row, col; double u, v;
-      if (!cam.project(p + 3 * i, near, z, row, col, u, v)) continue;
+      if (!cam.project(p + 3 * i, near, z, row, col, u, v)) return;
       double rp = has_r ? fmean * rad[i] / z : 0.0;
       if (rp > max_pixel_radius) rp = max_pixel_radius;
       const int h = rp >= 1.0 ? (int)rp : 0;
-      if (row + h < 0 || col + h < 0 || row - h >= H || col - h >= W) continue;
+      if (row + h < 0 || col + h < 0 || row - h >= H || col - h >= W) return;
       const uint64_t key = (uint64_t(float_bits(z)) << 32) | uint64_t(uint32_t(i));
       const double r2 = (rp + 0.5) * (rp + 0.5);
       for (int dy = -h; dy <= h; ++dy) {
@@ -222,12 +225,25 @@ nb::tuple splat(In<float, nb::shape<-1, 3>> xyz, In<double, nb::shape<3, 4>> w2c
           const int cc = col + dx;
           if (cc < 0 || cc >= W) continue;
           if (h && double(dx * dx + dy * dy) > r2) continue;
-          std::atomic<uint64_t>& slot = zbuf[(int64_t)rr * W + cc];
+          write_min((int64_t)rr * W + cc, key);
+        }
+      }
+    };
+    if (n > kParallelPoints && num_threads() > 1) {
+#pragma omp parallel for schedule(dynamic, 16384)
+      for (int64_t i = 0; i < n; ++i)
+        draw(i, [&](int64_t o, uint64_t key) {
+          std::atomic<uint64_t>& slot = zbuf[o];
           uint64_t cur = slot.load(std::memory_order_relaxed);
           while (key < cur && !slot.compare_exchange_weak(cur, key, std::memory_order_relaxed)) {
           }
-        }
-      }
+        });
+    } else {  // one thread: plain loads and stores on the same buffer
+      uint64_t* plain = reinterpret_cast<uint64_t*>(zbuf.get());
+      for (int64_t i = 0; i < n; ++i)
+        draw(i, [&](int64_t o, uint64_t key) {
+          if (key < plain[o]) plain[o] = key;
+        });
     }
     for (int64_t o = 0; o < npx; ++o) {
       const uint64_t k = zbuf[o].load(std::memory_order_relaxed);
