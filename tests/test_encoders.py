@@ -177,6 +177,19 @@ def test_sliding_windows_cover_large_images(clip, shared_data):
         assert dm.shape[0] == 128 // 16 and np.isfinite(dm).all()
 
 
+def test_whole_image_mode_resamples_positions(clip, shared_data):
+    img = np.random.default_rng(5).integers(0, 255, (64, 64, 3), np.uint8)
+    whole = ClipEncoder("pcovseg-tiny-ViT", clip.weights, windows="whole")
+    x = _window(clip, img)
+    with torch.no_grad():   # at the native size the resampled grid is the original one
+        np.testing.assert_allclose(whole._embeds_resized(x).numpy(), clip.model.visual._embeds(x).numpy(), atol=1e-5)
+    np.testing.assert_allclose(whole.dense_features(img), clip.dense_features(img), atol=1e-5)
+    view = seven_scenes_view(shared_data, size=(320, 240))
+    (rh, rw), org = whole.window_layout(240, 320)
+    assert org == [(0, 0)]
+    assert whole.dense_features(view.rgb).shape == (rh // 16, rw // 16, 32)
+
+
 def test_missing_weights_fail_fast_with_one_clear_message(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path))

@@ -6,7 +6,8 @@ signal into every token. ClearCLIP / SCLIP / NACLIP fix this without training by
 only the last block: self-correlation attention (q-q, k-k, or k-k plus a spatial Gaussian),
 and no residual or FFN. We also subtract a fraction of the global image embedding ([CLS]
 bias), which otherwise dominates every patch. Images larger than the model input are
-processed in sliding windows whose token grids are averaged where they overlap.
+processed in sliding windows whose token grids are averaged where they overlap ("slide"), or in
+one pass with a resampled positional grid ("whole": fewer tokens, cheaper on a CPU).
 """
 from __future__ import annotations
 
@@ -114,7 +115,7 @@ class ClipEncoder(ImageTextEncoder):
     def __init__(self, model: str = "ViT-B-16", weights: str | None = "openai", *, device: str = "auto",
                  precision: str = "auto", attention: str = "qq", cls_bias: float = 0.3,
                  short_side: int | None = None, window_stride: float = 2 / 3, batch_size: int = 16,
-                 naclip_sigma: float = 5.0):
+                 naclip_sigma: float = 5.0, windows: str = "slide"):
         import torch
         open_clip = _open_clip()
         self.model_name, self.weights = model, (weights or "")
@@ -127,6 +128,9 @@ class ClipEncoder(ImageTextEncoder):
         self.precision, self.attention, self.cls_bias = precision, attention, float(cls_bias)
         self.window_stride, self.batch_size = float(window_stride), int(batch_size)
         self.naclip_sigma = float(naclip_sigma)
+        if windows not in ("slide", "whole"):
+            raise InputError(None, f"windows must be 'slide' or 'whole', got {windows!r}")
+        self.windows = windows
         if model not in open_clip.list_models() and not model.startswith(("hf-hub:", "local-dir:")):
             raise InputError(None, f"unknown open_clip model {model!r} (see open_clip.list_models(); e.g. ViT-B-16)")
         self.model = self._load(open_clip, model, self.weights, precision)
@@ -184,7 +188,8 @@ class ClipEncoder(ImageTextEncoder):
     def dense_settings(self) -> dict:
         """What, besides the spec, changes dense features (part of per-view cache keys)."""
         return {"attention": self.attention, "cls_bias": self.cls_bias, "short_side": self.short_side,
-                "window_stride": self.window_stride, "naclip_sigma": self.naclip_sigma}
+                "window_stride": self.window_stride, "naclip_sigma": self.naclip_sigma,
+                "windows": self.windows}
 
     # -- text and crops --------------------------------------------------------------------------
     def encode_text(self, texts: Sequence[str]) -> np.ndarray:
@@ -240,10 +245,27 @@ class ClipEncoder(ImageTextEncoder):
     def _last_block_inputs(self, x):
         """Tokens entering the last block: (B, 1 + gh*gw, C)."""
         v = self.model.visual
-        x = v._embeds(x)
+        x = v._embeds(x) if tuple(x.shape[2:]) == self.input_hw else self._embeds_resized(x)
         for blk in v.transformer.resblocks[:-1]:
             x = blk(x)
         return x
+
+    def _embeds_resized(self, x):
+        """Patch + position embedding for an input of another size: the positional grid is
+        resampled bicubically (as MaskCLIP does for whole-image inference)."""
+        import torch
+        import torch.nn.functional as F
+        v = self.model.visual
+        t = v.conv1(x)
+        gh, gw = t.shape[2:]
+        t = t.flatten(2).transpose(1, 2)
+        pos = v.positional_embedding
+        g0h, g0w = v.grid_size
+        grid = pos[1:].reshape(1, g0h, g0w, -1).permute(0, 3, 1, 2).float()
+        grid = F.interpolate(grid, size=(gh, gw), mode="bicubic", align_corners=False)
+        pos = torch.cat([pos[:1].float(), grid[0].permute(1, 2, 0).reshape(gh * gw, -1)]).to(t.dtype)
+        cls = v.class_embedding.to(t.dtype).expand(t.shape[0], 1, -1)
+        return v.ln_pre(v.patch_dropout(torch.cat([cls, t], 1) + pos))
 
     def _self_attention_tokens(self, x, grid: tuple[int, int]):
         """The modified last block: (B, L, C) tokens -> (B, L, C) without residual and FFN."""
@@ -316,6 +338,9 @@ class ClipEncoder(ImageTextEncoder):
         rh = max(wh, int(round(H * s / ph)) * ph)
         rw = max(ww, int(round(W * s / pw)) * pw)
 
+        if self.windows == "whole":
+            return (rh, rw), [(0, 0)]
+
         def starts(n, win, p):
             if n <= win:
                 return [0]
@@ -333,7 +358,7 @@ class ClipEncoder(ImageTextEncoder):
             raise ValueError(f"image must be (H, W, 3) uint8, got {image.shape}")
         H, W = image.shape[:2]
         (rh, rw), origins = self.window_layout(H, W)
-        wh, ww = self.input_hw
+        wh, ww = self.input_hw if self.windows == "slide" else (rh, rw)
         ph, pw = self.patch
         with torch.inference_mode():
             x = self._to_tensor(image[None, ..., :3]).float()
