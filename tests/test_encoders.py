@@ -385,3 +385,13 @@ def test_cli_arguments_build_the_view_encoder(clip_spec, tmp_path):
     assert ve.masks.name == "superpixels" and ve.cache_dir == tmp_path
     d = p.parse_args([])
     assert (d.clip_model, d.clip_weights) == ("ViT-B-16", "openai")
+
+
+def test_cli_sam_arguments(clip, sam_ckpt):
+    p = add_encoder_args(argparse.ArgumentParser())
+    a = p.parse_args(["--masks", "sam3d", "--sam-checkpoint", sam_ckpt, "--sam-pred-iou-thresh", "0.5",
+                      "--device", "cpu"])
+    ve = view_encoder_from_args(a, encoder=clip)
+    assert ve.masks.name == "sam3d" and ve.masks.pred_iou_thresh == 0.5 and ve.masks.model == "auto"
+    with pytest.raises(WeightsError, match="--sam-checkpoint"):
+        view_encoder_from_args(p.parse_args(["--masks", "sam"]), encoder=clip)
