@@ -78,13 +78,14 @@ def test_unknown_encoder_prefix_is_an_input_error():
 def test_tiny_clip_loads_from_file_and_encodes(clip, clip_spec):
     assert isinstance(clip, ClipEncoder) and clip.dim == 32
     assert clip.spec == clip_spec and get_encoder(clip.spec).spec == clip_spec
+    assert get_encoder(clip_spec, device="cpu") is clip     # stays loaded for the next stage
     t = clip.encode_text(["a chair", "a table", "a chair"])
     assert t.shape == (3, 32) and t.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(t, axis=1), 1, atol=1e-5)
     np.testing.assert_allclose(t[0], t[2], atol=1e-6)
     assert not np.allclose(t[0], t[1])
     # the weights really come from the file: a second load gives identical embeddings
-    np.testing.assert_allclose(get_encoder(clip_spec).encode_text(["a chair"])[0], t[0], atol=1e-6)
+    np.testing.assert_allclose(get_encoder(clip_spec, reuse=False).encode_text(["a chair"])[0], t[0], atol=1e-6)
     rng = np.random.default_rng(0)
     crops = [rng.integers(0, 255, (30, 50, 3), np.uint8), rng.integers(0, 255, (100, 20, 3), np.uint8)]
     c = clip.encode_crops(crops)
