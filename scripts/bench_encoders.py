@@ -47,13 +47,23 @@ def make_view():
     return View(cam, rgb, depth, index, np.arange(len(rows)), np.stack([rows, cols], 1).astype(np.int32), name="f0")
 
 
-def timed(fn, runs):
+def timed(fn, runs, out: dict):
+    """Median wall time; also CPU time (all threads), which a loaded machine inflates far less:
+    cpu_s / threads estimates the wall time on an idle machine."""
     fn()  # warm-up (allocations, lazy init)
-    ts = []
+    ts, cs = [], []
     for _ in range(runs):
-        t = time.perf_counter(); fn(); ts.append(time.perf_counter() - t)
-    ts.sort()
-    return ts[len(ts) // 2]
+        c = time.process_time(); t = time.perf_counter(); fn()
+        ts.append(time.perf_counter() - t); cs.append(time.process_time() - c)
+    out["cpu_s"] = sorted(cs)[len(cs) // 2]
+    return sorted(ts)[len(ts) // 2]
+
+
+def once(fn, out: dict, key: str = "seconds"):
+    c = time.process_time(); t = time.perf_counter(); r = fn()
+    out[key] = time.perf_counter() - t
+    out[key.replace("seconds", "cpu_s") if key == "seconds" else key + "_cpu"] = time.process_time() - c
+    return r
 
 
 def run_stage(stage: str, runs: int) -> dict:
@@ -61,19 +71,19 @@ def run_stage(stage: str, runs: int) -> dict:
     from pc_ovseg.encoders import ClipEncoder, ViewEncoder, get_mask_source
     from pc_ovseg.encoders.sam import SAM_ARCHS, build_sam
     view = make_view()
-    out: dict = {"stage": stage}
+    out: dict = {"stage": stage, "rss_after_imports_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     if stage == "superpixels":
         src = get_mask_source("superpixels")
-        out["seconds"] = timed(lambda: src(view), runs)
+        out["seconds"] = timed(lambda: src(view), runs, out)
     elif stage in ("clip_dense", "default_path"):
         clip = ClipEncoder("ViT-B-16", "none", device="cpu")
         (rh, rw), org = clip.window_layout(*view.hw)
         out["windows"] = f"{len(org)} x 224^2 over {rw}x{rh}"
         if stage == "clip_dense":
-            out["seconds"] = timed(lambda: clip.dense_features(view.rgb), runs)
+            out["seconds"] = timed(lambda: clip.dense_features(view.rgb), runs, out)
         else:
             ve = ViewEncoder(clip, masks="superpixels")
-            out["seconds"] = timed(lambda: ve.compute(view), runs)
+            out["seconds"] = timed(lambda: ve.compute(view), runs, out)
             out["parts"] = ve.compute(view).meta["seconds"]
     else:
         torch.manual_seed(0)
@@ -82,22 +92,21 @@ def run_stage(stage: str, runs: int) -> dict:
         from segment_anything import SamPredictor
         pred = SamPredictor(sam)
         with torch.inference_mode():
-            t = time.perf_counter(); pred.set_image(view.rgb); t_enc = time.perf_counter() - t
-        out["image_encoder_s"] = t_enc
+            once(lambda: pred.set_image(view.rgb), out, "image_encoder_s")
         if stage == "sam3d":
             src = get_mask_source("sam3d", grid=16, max_prompts=256, points_per_batch=64, **loose)
-            t = time.perf_counter(); r = src(view); out["seconds"] = time.perf_counter() - t
+            r = once(lambda: src(view), out)
             out["prompts"] = 256
             out["regions"] = int(r.max()) + 1
         else:
             pps = 8
             src = get_mask_source("sam", points_per_side=pps, points_per_batch=64, **loose)
-            t = time.perf_counter(); src(view); t_all = time.perf_counter() - t
-            batches = pps * pps / 64
-            per_batch = max(0.0, t_all - t_enc) / batches
-            out["measured_8x8_s"] = t_all
-            out["seconds"] = t_enc + per_batch * (32 * 32 / 64)
-            out["note"] = "extrapolated from 8x8 points to 32x32"
+            once(lambda: src(view), out, "measured_8x8_s")
+            scale = (32 * 32) / (pps * pps)     # decoder batches scale with the number of points
+            for k in ("", "_cpu"):
+                enc, total = out["image_encoder_s" + k], out["measured_8x8_s" + k]
+                out[("seconds" if not k else "cpu_s")] = enc + max(0.0, total - enc) * scale
+            out["note"] = "extrapolated from 8x8 to 32x32 points"
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return out
 
@@ -126,10 +135,11 @@ def main():
         print(json.dumps(rows[-1]), flush=True)
     print(f"\n{platform.machine()} {os.cpu_count()} CPUs, {a.threads} threads, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
           f"load {os.getloadavg()[0]:.1f}")
-    print("| stage | s / 640x480 view | peak RSS MB | notes |\n|---|---|---|---|")
+    print(f"| stage | wall s / view | CPU s / view ({a.threads} threads) | peak RSS MB | notes |\n|---|---|---|---|---|")
     for r in rows:
-        notes = {k: v for k, v in r.items() if k not in ("stage", "seconds", "peak_rss_mb")}
-        print(f"| {r['stage']} | {r['seconds']:.2f} | {r['peak_rss_mb']:.0f} | {json.dumps(notes)} |")
+        notes = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()
+                 if k not in ("stage", "seconds", "cpu_s", "peak_rss_mb")}
+        print(f"| {r['stage']} | {r['seconds']:.2f} | {r['cpu_s']:.2f} | {r['peak_rss_mb']:.0f} | {json.dumps(notes)} |")
 
 
 if __name__ == "__main__":
