@@ -106,7 +106,8 @@ class ProjectedSegments(MaskSource):
         if segments is None:
             raise InputError(None, "masks 'segments3d' need per-point segment ids (segments=...)")
         self.segments = np.asarray(segments, np.int64).ravel()
-        self._key = f"{len(self.segments)}:{hash(self.segments.tobytes()) & 0xFFFFFFFF:08x}"
+        import hashlib  # a stable digest (not hash(), which changes per process) so caches resume
+        self._key = f"{len(self.segments)}:{hashlib.sha1(self.segments.tobytes()).hexdigest()[:16]}"
 
     @property
     def params(self) -> dict:
