@@ -208,6 +208,12 @@ def test_missing_weights_fail_fast_with_one_clear_message(monkeypatch, tmp_path)
     torch.save({"foo": torch.zeros(1)}, bad)
     with pytest.raises(InputError, match="not a checkpoint"):
         get_encoder(f"clip:pcovseg-tiny-ViT:{bad}")
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a torch file")
+    with pytest.raises(InputError, match="junk.pt: not a checkpoint"):
+        get_encoder(f"clip:pcovseg-tiny-ViT:{junk}")
+    with pytest.raises(InputError, match="unknown open_clip model"):
+        get_encoder("clip:ViT-Q-99:openai")
 
 
 # -- masks --------------------------------------------------------------------------------------

@@ -154,12 +154,21 @@ class ClipEncoder(ImageTextEncoder):
         kw = dict(precision=precision, device=self.device)
         if not weights or weights == "none":  # random init: benchmarks and tests only
             return open_clip.create_model(model, pretrained=None, **kw)
+        if model.startswith(("hf-hub:", "local-dir:")):  # config and weights come with the name
+            offline = model.startswith("hf-hub:") and not hub_reachable()
+            try:
+                with _hub_offline(offline):
+                    return open_clip.create_model(model, **kw)
+            except Exception as exc:
+                why = "offline and not in the local cache" if offline else str(exc).splitlines()[0][:200]
+                raise _weights_error(model, weights, model, why) from None
         if os.path.isfile(weights):
             try:
                 return open_clip.create_model(model, pretrained=weights, **kw)
-            except RuntimeError as exc:  # state dict of another architecture
+            except Exception as exc:  # unreadable, or a state dict of another architecture
+                msg = (str(exc).splitlines() or [""])[0][:300]
                 raise InputError(weights, f"not a checkpoint of open_clip model {model!r}: "
-                                          f"{str(exc).splitlines()[0][:300]}") from None
+                                          f"{type(exc).__name__}: {msg}") from None
         if _looks_like_path(weights):
             raise _weights_error(model, weights, weights, "no such file")
         if not open_clip.get_pretrained_cfg(model, weights):
