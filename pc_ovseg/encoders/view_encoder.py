@@ -101,6 +101,10 @@ class ViewEncoder:
         self.hits = self.misses = 0
 
     @property
+    def dim(self) -> int:
+        return self.encoder.dim
+
+    @property
     def settings(self) -> dict:
         """Everything that changes the output; its hash is part of every cache key."""
         s = {"version": CACHE_VERSION, "encoder": self.encoder.spec,
