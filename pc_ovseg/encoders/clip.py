@@ -210,11 +210,14 @@ class ClipEncoder(ImageTextEncoder):
                 out.append(self.model.encode_text(tok).float().cpu().numpy())
         return l2_normalize(np.concatenate(out) if out else np.zeros((0, self.dim), np.float32))
 
-    def _to_tensor(self, images: np.ndarray):
-        """(B, H, W, 3) uint8 -> normalised (B, 3, H, W) on device in the model's dtype."""
+    def _to_tensor(self, images: np.ndarray, size: tuple[int, int] | None = None):
+        """(B, H, W, 3) uint8 -> normalised (B, 3, H, W) (resized to ``size`` first) on device."""
         import torch
-        x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device).permute(0, 3, 1, 2).float() / 255.0
-        x = (x - self.mean.to(self.device)) / self.std.to(self.device)
+        import torch.nn.functional as F
+        x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device).permute(0, 3, 1, 2).float()
+        if size is not None and tuple(x.shape[2:]) != tuple(size):
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+        x = (x / 255.0 - self.mean.to(self.device)) / self.std.to(self.device)
         return x.to(self.dtype)
 
     def encode_crops(self, crops: Sequence[np.ndarray]) -> np.ndarray:
@@ -360,7 +363,6 @@ class ClipEncoder(ImageTextEncoder):
 
     def dense_features(self, image: np.ndarray) -> np.ndarray:
         import torch
-        import torch.nn.functional as F
         self._check_dense_supported()
         image = np.asarray(image)
         if image.ndim != 3 or image.shape[2] < 3:
@@ -370,8 +372,7 @@ class ClipEncoder(ImageTextEncoder):
         wh, ww = self.input_hw if self.windows == "slide" else (rh, rw)
         ph, pw = self.patch
         with torch.inference_mode():
-            x = self._to_tensor(image[None, ..., :3]).float()
-            x = F.interpolate(x, size=(rh, rw), mode="bilinear", align_corners=False, antialias=True).to(self.dtype)
+            x = self._to_tensor(image[None, ..., :3], (rh, rw))
             acc = torch.zeros((rh // ph, rw // pw, self.dim), dtype=torch.float32, device=self.device)
             cnt = torch.zeros((rh // ph, rw // pw, 1), dtype=torch.float32, device=self.device)
             for i in range(0, len(origins), self.batch_size):
