@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 
 import numpy as np
 import pytest
@@ -78,13 +77,14 @@ def test_unknown_encoder_prefix_is_an_input_error():
 def test_tiny_clip_loads_from_file_and_encodes(clip, clip_spec):
     assert isinstance(clip, ClipEncoder) and clip.dim == 32
     assert clip.spec == clip_spec and get_encoder(clip.spec).spec == clip_spec
+    assert get_encoder(clip_spec, device="cpu") is clip     # stays loaded for the next stage
     t = clip.encode_text(["a chair", "a table", "a chair"])
     assert t.shape == (3, 32) and t.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(t, axis=1), 1, atol=1e-5)
     np.testing.assert_allclose(t[0], t[2], atol=1e-6)
     assert not np.allclose(t[0], t[1])
     # the weights really come from the file: a second load gives identical embeddings
-    np.testing.assert_allclose(get_encoder(clip_spec).encode_text(["a chair"])[0], t[0], atol=1e-6)
+    np.testing.assert_allclose(get_encoder(clip_spec, reuse=False).encode_text(["a chair"])[0], t[0], atol=1e-6)
     rng = np.random.default_rng(0)
     crops = [rng.integers(0, 255, (30, 50, 3), np.uint8), rng.integers(0, 255, (100, 20, 3), np.uint8)]
     c = clip.encode_crops(crops)
@@ -177,6 +177,19 @@ def test_sliding_windows_cover_large_images(clip, shared_data):
         assert dm.shape[0] == 128 // 16 and np.isfinite(dm).all()
 
 
+def test_whole_image_mode_resamples_positions(clip, shared_data):
+    img = np.random.default_rng(5).integers(0, 255, (64, 64, 3), np.uint8)
+    whole = ClipEncoder("pcovseg-tiny-ViT", clip.weights, windows="whole")
+    x = _window(clip, img)
+    with torch.no_grad():   # at the native size the resampled grid is the original one
+        np.testing.assert_allclose(whole._embeds_resized(x).numpy(), clip.model.visual._embeds(x).numpy(), atol=1e-5)
+    np.testing.assert_allclose(whole.dense_features(img), clip.dense_features(img), atol=1e-5)
+    view = seven_scenes_view(shared_data, size=(320, 240))
+    (rh, rw), org = whole.window_layout(240, 320)
+    assert org == [(0, 0)]
+    assert whole.dense_features(view.rgb).shape == (rh // 16, rw // 16, 32)
+
+
 def test_missing_weights_fail_fast_with_one_clear_message(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path))
@@ -195,6 +208,12 @@ def test_missing_weights_fail_fast_with_one_clear_message(monkeypatch, tmp_path)
     torch.save({"foo": torch.zeros(1)}, bad)
     with pytest.raises(InputError, match="not a checkpoint"):
         get_encoder(f"clip:pcovseg-tiny-ViT:{bad}")
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a torch file")
+    with pytest.raises(InputError, match="junk.pt: not a checkpoint"):
+        get_encoder(f"clip:pcovseg-tiny-ViT:{junk}")
+    with pytest.raises(InputError, match="unknown open_clip model"):
+        get_encoder("clip:ViT-Q-99:openai")
 
 
 # -- masks --------------------------------------------------------------------------------------
@@ -372,3 +391,13 @@ def test_cli_arguments_build_the_view_encoder(clip_spec, tmp_path):
     assert ve.masks.name == "superpixels" and ve.cache_dir == tmp_path
     d = p.parse_args([])
     assert (d.clip_model, d.clip_weights) == ("ViT-B-16", "openai")
+
+
+def test_cli_sam_arguments(clip, sam_ckpt):
+    p = add_encoder_args(argparse.ArgumentParser())
+    a = p.parse_args(["--masks", "sam3d", "--sam-checkpoint", sam_ckpt, "--sam-pred-iou-thresh", "0.5",
+                      "--device", "cpu"])
+    ve = view_encoder_from_args(a, encoder=clip)
+    assert ve.masks.name == "sam3d" and ve.masks.pred_iou_thresh == 0.5 and ve.masks.model == "auto"
+    with pytest.raises(WeightsError, match="--sam-checkpoint"):
+        view_encoder_from_args(p.parse_args(["--masks", "sam"]), encoder=clip)

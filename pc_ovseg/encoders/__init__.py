@@ -48,13 +48,24 @@ def add_encoder_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     g.add_argument("--sam-points-per-side", type=int, default=32, help="grid density of SAM automatic masks")
     g.add_argument("--dense-attention", default="qq", choices=["qq", "csa", "kk", "naclip", "qk"],
                    help="last-block attention for dense CLIP features (qq = ClearCLIP)")
+    g.add_argument("--dense-windows", default="slide", choices=["slide", "whole"],
+                   help="dense CLIP over model-size sliding windows, or the whole image in one pass")
+    g.add_argument("--dense-short-side", type=int, default=None, metavar="PX",
+                   help="image short side for dense CLIP (default: the model input, e.g. 224; 448 is finer)")
+    g.add_argument("--clip-precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
+                   help="auto = fp16 on CUDA, fp32 on CPU")
+    g.add_argument("--sam-pred-iou-thresh", type=float, default=0.88, help="SAM predicted-IoU threshold")
+    g.add_argument("--sam-stability-thresh", type=float, default=0.95, help="SAM stability-score threshold")
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, or auto")
     return parser
 
 
 def encoder_from_args(args: argparse.Namespace) -> ImageTextEncoder:
     return ClipEncoder(args.clip_model, args.clip_weights, device=getattr(args, "device", "auto"),
-                       attention=getattr(args, "dense_attention", "qq"))
+                       precision=getattr(args, "clip_precision", "auto"),
+                       attention=getattr(args, "dense_attention", "qq"),
+                       windows=getattr(args, "dense_windows", "slide"),
+                       short_side=getattr(args, "dense_short_side", None))
 
 
 def resolve_masks(args: argparse.Namespace) -> str:
@@ -70,7 +81,9 @@ def view_encoder_from_args(args: argparse.Namespace, cache_dir=None, encoder: Im
     mask_kw = {}
     if masks in ("sam", "sam3d"):
         mask_kw = {"checkpoint": args.sam_checkpoint, "model": getattr(args, "sam_model", "auto"),
-                   "device": getattr(args, "device", "auto")}
+                   "device": getattr(args, "device", "auto"),
+                   "pred_iou_thresh": getattr(args, "sam_pred_iou_thresh", 0.88),
+                   "stability_score_thresh": getattr(args, "sam_stability_thresh", 0.95)}
         if masks == "sam":
             mask_kw["points_per_side"] = getattr(args, "sam_points_per_side", 32)
     return ViewEncoder(encoder or encoder_from_args(args), masks=masks, mask_kw=mask_kw,

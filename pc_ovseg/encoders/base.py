@@ -7,6 +7,7 @@ encoder later; ``get_encoder`` resolves them through a registry of spec prefixes
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Callable, Sequence
 
 import numpy as np
@@ -29,15 +30,32 @@ def registered_encoders() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get_encoder(spec: str, **kw) -> "ImageTextEncoder":
-    """Resolve a spec string ("kind:args") to an encoder; keyword args go to the constructor."""
+_LOADED: "OrderedDict[tuple, ImageTextEncoder]" = OrderedDict()
+_KEEP_LOADED = 2
+
+
+def get_encoder(spec: str, *, reuse: bool = True, **kw) -> "ImageTextEncoder":
+    """Resolve a spec string ("kind:args") to an encoder; keyword args go to the constructor.
+
+    The last two encoders stay loaded (``reuse``): pipeline stages that re-resolve the spec
+    stored in a result (run, then query) do not reload a CLIP model each time.
+    """
     if isinstance(spec, ImageTextEncoder):
         return spec
     kind, _, rest = str(spec).partition(":")
     if kind not in _REGISTRY:
         raise InputError(None, f"unknown encoder {spec!r}: the prefix must be one of "
                                f"{', '.join(registered_encoders())} (e.g. clip:ViT-B-16:openai)")
-    return _REGISTRY[kind].from_spec(rest, **kw)
+    key = (str(spec), tuple(sorted((k, repr(v)) for k, v in kw.items())))
+    if reuse and key in _LOADED:
+        _LOADED.move_to_end(key)
+        return _LOADED[key]
+    enc = _REGISTRY[kind].from_spec(rest, **kw)
+    if reuse:
+        _LOADED[key] = enc
+        while len(_LOADED) > _KEEP_LOADED:
+            _LOADED.popitem(last=False)
+    return enc
 
 
 def l2_normalize(x: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -95,7 +113,7 @@ class LabelEncoder(ImageTextEncoder):
 
     uses_templates = False
 
-    def __init__(self, class_names: Sequence[str]):
+    def __init__(self, class_names: Sequence[str], **_):  # device etc. do not apply
         names = [str(c).strip() for c in class_names]
         if not names or any(not c for c in names):
             raise InputError(None, f"labels encoder needs a non-empty comma-separated class list, got {class_names!r}")

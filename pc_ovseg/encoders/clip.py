@@ -6,7 +6,8 @@ signal into every token. ClearCLIP / SCLIP / NACLIP fix this without training by
 only the last block: self-correlation attention (q-q, k-k, or k-k plus a spatial Gaussian),
 and no residual or FFN. We also subtract a fraction of the global image embedding ([CLS]
 bias), which otherwise dominates every patch. Images larger than the model input are
-processed in sliding windows whose token grids are averaged where they overlap.
+processed in sliding windows whose token grids are averaged where they overlap ("slide"), or in
+one pass with a resampled positional grid ("whole": fewer tokens, cheaper on a CPU).
 """
 from __future__ import annotations
 
@@ -114,7 +115,7 @@ class ClipEncoder(ImageTextEncoder):
     def __init__(self, model: str = "ViT-B-16", weights: str | None = "openai", *, device: str = "auto",
                  precision: str = "auto", attention: str = "qq", cls_bias: float = 0.3,
                  short_side: int | None = None, window_stride: float = 2 / 3, batch_size: int = 16,
-                 naclip_sigma: float = 5.0):
+                 naclip_sigma: float = 5.0, windows: str = "slide"):
         import torch
         open_clip = _open_clip()
         self.model_name, self.weights = model, (weights or "")
@@ -127,6 +128,9 @@ class ClipEncoder(ImageTextEncoder):
         self.precision, self.attention, self.cls_bias = precision, attention, float(cls_bias)
         self.window_stride, self.batch_size = float(window_stride), int(batch_size)
         self.naclip_sigma = float(naclip_sigma)
+        if windows not in ("slide", "whole"):
+            raise InputError(None, f"windows must be 'slide' or 'whole', got {windows!r}")
+        self.windows = windows
         if model not in open_clip.list_models() and not model.startswith(("hf-hub:", "local-dir:")):
             raise InputError(None, f"unknown open_clip model {model!r} (see open_clip.list_models(); e.g. ViT-B-16)")
         self.model = self._load(open_clip, model, self.weights, precision)
@@ -150,12 +154,21 @@ class ClipEncoder(ImageTextEncoder):
         kw = dict(precision=precision, device=self.device)
         if not weights or weights == "none":  # random init: benchmarks and tests only
             return open_clip.create_model(model, pretrained=None, **kw)
+        if model.startswith(("hf-hub:", "local-dir:")):  # config and weights come with the name
+            offline = model.startswith("hf-hub:") and not hub_reachable()
+            try:
+                with _hub_offline(offline):
+                    return open_clip.create_model(model, **kw)
+            except Exception as exc:
+                why = "offline and not in the local cache" if offline else str(exc).splitlines()[0][:200]
+                raise _weights_error(model, weights, model, why) from None
         if os.path.isfile(weights):
             try:
                 return open_clip.create_model(model, pretrained=weights, **kw)
-            except RuntimeError as exc:  # state dict of another architecture
+            except Exception as exc:  # unreadable, or a state dict of another architecture
+                msg = (str(exc).splitlines() or [""])[0][:300]
                 raise InputError(weights, f"not a checkpoint of open_clip model {model!r}: "
-                                          f"{str(exc).splitlines()[0][:300]}") from None
+                                          f"{type(exc).__name__}: {msg}") from None
         if _looks_like_path(weights):
             raise _weights_error(model, weights, weights, "no such file")
         if not open_clip.get_pretrained_cfg(model, weights):
@@ -184,7 +197,8 @@ class ClipEncoder(ImageTextEncoder):
     def dense_settings(self) -> dict:
         """What, besides the spec, changes dense features (part of per-view cache keys)."""
         return {"attention": self.attention, "cls_bias": self.cls_bias, "short_side": self.short_side,
-                "window_stride": self.window_stride, "naclip_sigma": self.naclip_sigma}
+                "window_stride": self.window_stride, "naclip_sigma": self.naclip_sigma,
+                "windows": self.windows}
 
     # -- text and crops --------------------------------------------------------------------------
     def encode_text(self, texts: Sequence[str]) -> np.ndarray:
@@ -196,11 +210,14 @@ class ClipEncoder(ImageTextEncoder):
                 out.append(self.model.encode_text(tok).float().cpu().numpy())
         return l2_normalize(np.concatenate(out) if out else np.zeros((0, self.dim), np.float32))
 
-    def _to_tensor(self, images: np.ndarray):
-        """(B, H, W, 3) uint8 -> normalised (B, 3, H, W) on device in the model's dtype."""
+    def _to_tensor(self, images: np.ndarray, size: tuple[int, int] | None = None):
+        """(B, H, W, 3) uint8 -> normalised (B, 3, H, W) (resized to ``size`` first) on device."""
         import torch
-        x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device).permute(0, 3, 1, 2).float() / 255.0
-        x = (x - self.mean.to(self.device)) / self.std.to(self.device)
+        import torch.nn.functional as F
+        x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device).permute(0, 3, 1, 2).float()
+        if size is not None and tuple(x.shape[2:]) != tuple(size):
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+        x = (x / 255.0 - self.mean.to(self.device)) / self.std.to(self.device)
         return x.to(self.dtype)
 
     def encode_crops(self, crops: Sequence[np.ndarray]) -> np.ndarray:
@@ -240,10 +257,27 @@ class ClipEncoder(ImageTextEncoder):
     def _last_block_inputs(self, x):
         """Tokens entering the last block: (B, 1 + gh*gw, C)."""
         v = self.model.visual
-        x = v._embeds(x)
+        x = v._embeds(x) if tuple(x.shape[2:]) == self.input_hw else self._embeds_resized(x)
         for blk in v.transformer.resblocks[:-1]:
             x = blk(x)
         return x
+
+    def _embeds_resized(self, x):
+        """Patch + position embedding for an input of another size: the positional grid is
+        resampled bicubically (as MaskCLIP does for whole-image inference)."""
+        import torch
+        import torch.nn.functional as F
+        v = self.model.visual
+        t = v.conv1(x)
+        gh, gw = t.shape[2:]
+        t = t.flatten(2).transpose(1, 2)
+        pos = v.positional_embedding
+        g0h, g0w = v.grid_size
+        grid = pos[1:].reshape(1, g0h, g0w, -1).permute(0, 3, 1, 2).float()
+        grid = F.interpolate(grid, size=(gh, gw), mode="bicubic", align_corners=False)
+        pos = torch.cat([pos[:1].float(), grid[0].permute(1, 2, 0).reshape(gh * gw, -1)]).to(t.dtype)
+        cls = v.class_embedding.to(t.dtype).expand(t.shape[0], 1, -1)
+        return v.ln_pre(v.patch_dropout(torch.cat([cls, t], 1) + pos))
 
     def _self_attention_tokens(self, x, grid: tuple[int, int]):
         """The modified last block: (B, L, C) tokens -> (B, L, C) without residual and FFN."""
@@ -316,6 +350,9 @@ class ClipEncoder(ImageTextEncoder):
         rh = max(wh, int(round(H * s / ph)) * ph)
         rw = max(ww, int(round(W * s / pw)) * pw)
 
+        if self.windows == "whole":
+            return (rh, rw), [(0, 0)]
+
         def starts(n, win, p):
             if n <= win:
                 return [0]
@@ -326,18 +363,16 @@ class ClipEncoder(ImageTextEncoder):
 
     def dense_features(self, image: np.ndarray) -> np.ndarray:
         import torch
-        import torch.nn.functional as F
         self._check_dense_supported()
         image = np.asarray(image)
         if image.ndim != 3 or image.shape[2] < 3:
             raise ValueError(f"image must be (H, W, 3) uint8, got {image.shape}")
         H, W = image.shape[:2]
         (rh, rw), origins = self.window_layout(H, W)
-        wh, ww = self.input_hw
+        wh, ww = self.input_hw if self.windows == "slide" else (rh, rw)
         ph, pw = self.patch
         with torch.inference_mode():
-            x = self._to_tensor(image[None, ..., :3]).float()
-            x = F.interpolate(x, size=(rh, rw), mode="bilinear", align_corners=False, antialias=True).to(self.dtype)
+            x = self._to_tensor(image[None, ..., :3], (rh, rw))
             acc = torch.zeros((rh // ph, rw // pw, self.dim), dtype=torch.float32, device=self.device)
             cnt = torch.zeros((rh // ph, rw // pw, 1), dtype=torch.float32, device=self.device)
             for i in range(0, len(origins), self.batch_size):

@@ -106,7 +106,8 @@ class ProjectedSegments(MaskSource):
         if segments is None:
             raise InputError(None, "masks 'segments3d' need per-point segment ids (segments=...)")
         self.segments = np.asarray(segments, np.int64).ravel()
-        self._key = f"{len(self.segments)}:{hash(self.segments.tobytes()) & 0xFFFFFFFF:08x}"
+        import hashlib  # a stable digest (not hash(), which changes per process) so caches resume
+        self._key = f"{len(self.segments)}:{hashlib.sha1(self.segments.tobytes()).hexdigest()[:16]}"
 
     @property
     def params(self) -> dict:
@@ -123,19 +124,21 @@ class ProjectedSegments(MaskSource):
 class _SamBase(MaskSource):
     def __init__(self, checkpoint: str | None = None, model: str = "auto", device: str = "auto",
                  pred_iou_thresh: float = 0.88, stability_score_thresh: float = 0.95,
-                 points_per_batch: int = 64, min_area: int = 0, **_):
+                 points_per_batch: int = 64, min_area: int = 0, sam=None, **_):
         from .sam import load_sam
         self.checkpoint, self.model = checkpoint, model
         self.device = resolve_device(device)
-        self.sam = load_sam(checkpoint, model, self.device)
+        # an already built Sam (benchmarks, callers holding one) skips loading; it has no file to key on
+        self.sam = sam.to(self.device).eval() if sam is not None else load_sam(checkpoint, model, self.device)
         self.pred_iou_thresh, self.stability_score_thresh = float(pred_iou_thresh), float(stability_score_thresh)
         self.points_per_batch, self.min_area = int(points_per_batch), int(min_area)
 
     @property
     def params(self) -> dict:
         import os
-        st = os.stat(self.checkpoint)
-        return {"checkpoint": os.path.abspath(self.checkpoint), "ckpt_size": st.st_size, "model": self.model,
+        ckpt = os.path.abspath(self.checkpoint) if self.checkpoint else f"in-memory:{id(self.sam):x}"
+        size = os.stat(self.checkpoint).st_size if self.checkpoint else 0
+        return {"checkpoint": ckpt, "ckpt_size": size, "model": self.model,
                 "pred_iou_thresh": self.pred_iou_thresh, "stability_score_thresh": self.stability_score_thresh,
                 "min_area": self.min_area}
 

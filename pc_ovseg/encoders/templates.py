@@ -17,7 +17,11 @@ import numpy as np
 from ..errors import InputError
 from .base import ImageTextEncoder, l2_normalize
 
-PROMPTS_FILE = Path(__file__).resolve().parents[2] / "data" / "prompts" / "templates.json"
+_PKG = Path(__file__).resolve().parents[1]
+# source tree: <repo>/data/prompts; an installed wheel may carry data/ as pc_ovseg/_data
+PROMPTS_FILE = next((p for p in (_PKG.parent / "data" / "prompts" / "templates.json",
+                                 _PKG / "_data" / "prompts" / "templates.json") if p.is_file()),
+                    _PKG.parent / "data" / "prompts" / "templates.json")
 _FALLBACK = ["a photo of a {}."]   # only if the package was installed without data/prompts
 _MEMORY: dict[str, np.ndarray] = {}
 

@@ -101,6 +101,10 @@ class ViewEncoder:
         self.hits = self.misses = 0
 
     @property
+    def dim(self) -> int:
+        return self.encoder.dim
+
+    @property
     def settings(self) -> dict:
         """Everything that changes the output; its hash is part of every cache key."""
         s = {"version": CACHE_VERSION, "encoder": self.encoder.spec,
@@ -140,7 +144,6 @@ class ViewEncoder:
     def encode_many(self, views: Iterable[View], progress: bool | None = None) -> Iterator[tuple[View, ViewFeatures]]:
         """Yields (view, features); cached views cost a file read, so an interrupted run resumes."""
         from tqdm.auto import tqdm
-        views = list(views) if not hasattr(views, "__len__") else views
         bar = tqdm(views, desc="2D features", unit="view", disable=None if progress is None else not progress)
         for v in bar:
             yield v, self.encode(v)
