@@ -71,7 +71,10 @@ class CoordinateManager:
     map once in its encoder and reuses it (swapped) in its decoder.
     """
 
-    def __init__(self, coords: torch.Tensor):
+    def __init__(self, coords: torch.Tensor, backend: str = "native"):
+        if backend not in CONV_BACKENDS:
+            raise ValueError(f"unknown sparse backend {backend!r}; choose from {sorted(CONV_BACKENDS)}")
+        self.backend = backend
         self.device = coords.device
         c = coords.detach().to("cpu", torch.int32).contiguous()
         self._coords: dict[int, np.ndarray] = {1: c.numpy()}
@@ -115,7 +118,7 @@ class SparseTensor:
     """Features on active voxels: ``coords`` (M,4) int32 (batch, x, y, z), ``feats`` (M,C)."""
 
     def __init__(self, feats: torch.Tensor, coords: torch.Tensor | None = None, stride: int = 1,
-                 manager: CoordinateManager | None = None):
+                 manager: CoordinateManager | None = None, backend: str = "native"):
         if manager is None:
             if coords is None:
                 raise ValueError("SparseTensor needs coords or a coordinate manager")
@@ -124,7 +127,7 @@ class SparseTensor:
             coords = coords.to(torch.int32)
             if coords.ndim != 2 or coords.shape[1] != 4:
                 raise ValueError(f"coords must have shape (M, 4), got {tuple(coords.shape)}")
-            manager = CoordinateManager(coords)
+            manager = CoordinateManager(coords, backend)
         self.feats = feats
         self.stride = int(stride)
         self.manager = manager
@@ -212,6 +215,7 @@ def sparse_conv(x: SparseTensor, weight: torch.Tensor, *, stride: int = 1, trans
 
     ``weight`` is (K^3, Cin, Cout) with K = round(cbrt(K^3)). A transposed conv goes from
     ``x.stride`` to ``x.stride // stride`` using the finer coordinates already in the manager.
+    The computation is done by the backend of ``x``'s coordinate manager (CONV_BACKENDS).
     """
     k3, cin, _ = weight.shape
     k = int(round(k3 ** (1 / 3)))
@@ -219,10 +223,14 @@ def sparse_conv(x: SparseTensor, weight: torch.Tensor, *, stride: int = 1, trans
         raise ValueError(f"weight has {k3} offsets, not a cube")
     if x.feats.shape[1] != cin:
         raise ValueError(f"input has {x.feats.shape[1]} channels, weight expects {cin}")
+    if transposed and x.stride % stride:
+        raise ValueError(f"cannot transpose stride {stride} from tensor stride {x.stride}")
+    return CONV_BACKENDS[x.manager.backend](x, weight, k, stride, transposed)
+
+
+def _native_conv(x: SparseTensor, weight: torch.Tensor, k: int, stride: int, transposed: bool) -> SparseTensor:
     m = x.manager
     if transposed:
-        if x.stride % stride:
-            raise ValueError(f"cannot transpose stride {stride} from tensor stride {x.stride}")
         out_stride = x.stride // stride
         km = m.kernel_map(out_stride, x.stride, k).transposed()
     else:
@@ -231,6 +239,15 @@ def sparse_conv(x: SparseTensor, weight: torch.Tensor, *, stride: int = 1, trans
     km = km.to(x.device)
     feats = _SparseConvFn.apply(x.feats, weight, km)
     return SparseTensor(feats, stride=out_stride, manager=m)
+
+
+def _spconv_conv(*args) -> SparseTensor:
+    from .spconv_backend import spconv_conv  # optional dependency, imported on first use
+    return spconv_conv(*args)
+
+
+#: name -> fn(x, weight, kernel_size, stride, transposed); selected per coordinate manager.
+CONV_BACKENDS = {"native": _native_conv, "spconv": _spconv_conv}
 
 
 def _init_weight(k3: int, cin: int, cout: int) -> torch.Tensor:
