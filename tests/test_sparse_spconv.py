@@ -38,6 +38,6 @@ def test_backends_agree_forward_and_backward():
     torch.testing.assert_close(ya.feats, yb.feats, rtol=1e-4, atol=1e-4)
     ya.feats.square().sum().backward()
     yb.feats.square().sum().backward()
-    torch.testing.assert_close(a.feats.grad, b.feats.grad, rtol=1e-4, atol=1e-3)
-    for p, q in zip(wa, wb):
-        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-3)
+    for p, q in [(a.feats, b.feats), *zip(wa, wb)]:  # float32 sums of ~1e6: compare relative to the scale
+        scale = p.grad.abs().max()
+        torch.testing.assert_close(p.grad / scale, q.grad / scale, rtol=0, atol=1e-5)
