@@ -225,6 +225,8 @@ def sparse_conv(x: SparseTensor, weight: torch.Tensor, *, stride: int = 1, trans
         raise ValueError(f"input has {x.feats.shape[1]} channels, weight expects {cin}")
     if transposed and x.stride % stride:
         raise ValueError(f"cannot transpose stride {stride} from tensor stride {x.stride}")
+    if k == 1 and stride == 1:  # pointwise: no neighbours, no kernel map
+        return x.replace(x.feats @ weight[0].to(x.feats.dtype))
     return CONV_BACKENDS[x.manager.backend](x, weight, k, stride, transposed)
 
 
