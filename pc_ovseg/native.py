@@ -80,3 +80,14 @@ def sparse_kernel_map(in_coords: np.ndarray, out_coords: np.ndarray, kernel_size
     """
     return _C.sparse_kernel_map(_f(in_coords, np.int32).reshape(-1, 4), _f(out_coords, np.int32).reshape(-1, 4),
                                 int(kernel_size), int(dilation))
+
+
+def scatter_add_rows(out: np.ndarray, rows: np.ndarray, src: np.ndarray) -> None:
+    """In place ``out[rows[p]] += src[p]`` (float32/float64) for UNIQUE rows, threaded.
+
+    Faster than ``torch.index_add_`` on the CPU for the narrow feature rows of sparse convs;
+    uniqueness holds within one kernel offset of a kernel map.
+    """
+    if not (out.flags.c_contiguous and out.dtype in (np.float32, np.float64)):
+        raise ValueError("out must be a C-contiguous float32/float64 array (it is updated in place)")
+    _C.scatter_add_rows(out, _f(rows, np.int64), _f(src, out.dtype))

@@ -161,6 +161,14 @@ class SparseTensor:
         return f"SparseTensor(n={len(self)}, channels={self.feats.shape[1]}, stride={self.stride})"
 
 
+def _scatter_add(out: torch.Tensor, rows: torch.Tensor, src: torch.Tensor) -> None:
+    """out[rows] += src for rows unique within one offset: native threaded loop on the CPU."""
+    if out.device.type == "cpu" and out.dtype in (torch.float32, torch.float64) and src.dtype == out.dtype:
+        native.scatter_add_rows(out.numpy(), rows.numpy(), src.contiguous().numpy())
+    else:
+        out.index_add_(0, rows, src)
+
+
 class _SparseConvFn(torch.autograd.Function):
     """out[o] = sum_k sum_{(i,o) in pairs_k} x[i] @ W[k]; saves only x, W and the pairs."""
 
@@ -176,7 +184,7 @@ class _SparseConvFn(torch.autograd.Function):
             a, b = off[k], off[k + 1]
             if a == b or k == km.identity:
                 continue
-            out.index_add_(0, km.out_rows[a:b], feats.index_select(0, km.in_rows[a:b]) @ w[k])
+            _scatter_add(out, km.out_rows[a:b], feats.index_select(0, km.in_rows[a:b]) @ w[k])
         ctx.save_for_backward(feats, weight)
         ctx.km = km
         return out
@@ -204,7 +212,7 @@ class _SparseConvFn(torch.autograd.Function):
                 g = grad_out.index_select(0, km.out_rows[a:b])
                 x = feats.index_select(0, km.in_rows[a:b])
                 if need_x:
-                    gx.index_add_(0, km.in_rows[a:b], g @ w[k].t())
+                    _scatter_add(gx, km.in_rows[a:b], g @ w[k].t())
             if need_w:
                 gw[k] = (x.t() @ g).to(gw.dtype)
         return gx, None if gw is None else gw.to(weight.dtype), None

@@ -158,6 +158,32 @@ nb::tuple kernel_map_impl(In<int32_t, nb::shape<-1, 4>> in_coords, In<int32_t, n
                         to_numpy(offsets, {size_t(K3 + 1)}));
 }
 
+// out[rows[p]] += src[p] for every p. Rows must be unique (true within one kernel offset:
+// each output has at most one input per offset and vice versa), so rows are updated in parallel.
+template <typename T>
+void scatter_add_rows_impl(nb::ndarray<T, nb::c_contig, nb::device::cpu, nb::shape<-1, -1>> out,
+                           In<int64_t, nb::shape<-1>> rows, In<T, nb::shape<-1, -1>> src) {
+  const int64_t n = (int64_t)out.shape(0), c = (int64_t)out.shape(1), p = (int64_t)rows.shape(0);
+  if ((int64_t)src.shape(0) < p || (int64_t)src.shape(1) != c)
+    throw std::invalid_argument("scatter_add_rows: src must have at least len(rows) rows and out's columns");
+  T* o = out.data();
+  const T* s = src.data();
+  const int64_t* r = rows.data();
+  bool bad = false;
+  {
+    nb::gil_scoped_release release;
+#pragma omp parallel for schedule(static) if (p * c > 32768) reduction(|| : bad)
+    for (int64_t i = 0; i < p; ++i) {
+      const int64_t row = r[i];
+      if (row < 0 || row >= n) { bad = true; continue; }
+      T* dst = o + row * c;
+      const T* a = s + i * c;
+      for (int64_t j = 0; j < c; ++j) dst[j] += a[j];
+    }
+  }
+  if (bad) throw std::out_of_range("scatter_add_rows: row index out of range");
+}
+
 }  // namespace
 
 void bind_sparse(nb::module_& m) {
@@ -169,6 +195,9 @@ void bind_sparse(nb::module_& m) {
         "sparse_kernel_map(in_coords, out_coords, kernel_size, dilation) -> (in_rows, out_rows, "
         "offsets (K^3+1,)): pairs with in = out + step_k * dilation, grouped by offset k, "
         "k = (i*K + j)*K + l (last axis fastest; odd K centred, even K from 0).");
+  const char* doc = "scatter_add_rows(out (N,C), rows int64 (P,) unique, src (>=P,C)): out[rows[p]] += src[p], in place.";
+  m.def("scatter_add_rows", &scatter_add_rows_impl<float>, nb::arg("out"), nb::arg("rows"), nb::arg("src"), doc);
+  m.def("scatter_add_rows", &scatter_add_rows_impl<double>, nb::arg("out"), nb::arg("rows"), nb::arg("src"), doc);
 }
 
 }  // namespace pcov
