@@ -1,0 +1,201 @@
+"""Text queries against per-point features: labels, heatmaps, objects.
+
+A ``QueryEngine`` is built once per feature cloud (features moved to the compute device once),
+then each query costs one matmul: set the scene once, query cheaply, as SAM's predictor does.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .data import FeatureCloud
+
+#: LERF's canonical negatives: a query is relevant where it beats each of these.
+CANONICAL_NEGATIVES = ("object", "things", "stuff", "texture")
+#: Vocabulary entries treated as background: they take points but are never "objects".
+BACKGROUND_NAMES = frozenset({"other", "others", "background", "otherfurniture", "other furniture", "ignore"})
+
+
+def _norm_name(s: str) -> str:
+    return " ".join(s.lower().replace("_", " ").replace("-", " ").split())
+
+
+def label_space_embeddings(class_names: list[str], texts: list[str]) -> np.ndarray:
+    """One-hot text embeddings for features that live in a label space (oracle, label maps)."""
+    index = {_norm_name(n): i for i, n in enumerate(class_names)}
+    out = np.zeros((len(texts), len(class_names)), np.float32)
+    for t, text in enumerate(texts):
+        i = index.get(_norm_name(text))
+        if i is not None:
+            out[t, i] = 1.0
+    return out
+
+
+@dataclass
+class LabelResult:
+    labels: np.ndarray          # (N,) int32 index into vocabulary, -1 = unseen / below threshold
+    scores: np.ndarray          # (N,) float32 softmax probability of the winning class
+    similarity: np.ndarray      # (N,) float32 cosine similarity of the winning class
+    vocabulary: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Object3D:
+    point_ids: np.ndarray       # (M,) int64
+    score: float                # mean heatmap value
+    bbox_min: np.ndarray        # (3,) world coordinates
+    bbox_max: np.ndarray
+
+    def to_dict(self) -> dict:
+        return {"points": int(len(self.point_ids)), "score": round(float(self.score), 4),
+                "bbox_min": self.bbox_min.tolist(), "bbox_max": self.bbox_max.tolist()}
+
+
+class QueryEngine:
+    """Answers text queries on one FeatureCloud.
+
+    Text goes through the encoder named by ``fc.encoder`` (with prompt templates), or, for
+    label-space features (``fc.class_names`` set), each class name is its own one-hot embedding.
+    """
+
+    def __init__(self, fc: FeatureCloud, *, device: str | None = None, temperature: float = 100.0,
+                 text_encoder=None):
+        self.fc = fc
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.temperature = temperature
+        self._text_encoder = text_encoder
+        # fp16 on GPU; bf16 on CPU, where oneDNN's bf16 GEMM (AMX/AVX512-BF16) reads half the
+        # bytes of fp32 -- a query over 1M x 512 features is memory-bound.
+        dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
+        self._feats = torch.from_numpy(np.ascontiguousarray(fc.features)).to(self.device, dtype)
+        self._seen = torch.from_numpy(fc.seen).to(self.device)
+        self._text_cache: dict[str, np.ndarray] = {}
+
+    # -- text ---------------------------------------------------------------------------------
+    def embed(self, texts: list[str]) -> np.ndarray:
+        """(T, D) L2-normalised text embeddings in the features' space (cached per text)."""
+        missing = [t for t in dict.fromkeys(texts) if t not in self._text_cache]
+        if missing:
+            if self.fc.class_names:
+                emb = label_space_embeddings(self.fc.class_names, missing)
+            else:
+                emb = self._encode_text(missing)
+            for t, e in zip(missing, emb):
+                self._text_cache[t] = e.astype(np.float32)
+        return np.stack([self._text_cache[t] for t in texts]) if texts else np.zeros((0, self.fc.features.shape[1]), np.float32)
+
+    def _encode_text(self, texts: list[str]) -> np.ndarray:
+        from .encoders import encode_text_with_templates, get_encoder
+        if self._text_encoder is None:
+            self._text_encoder = get_encoder(self.fc.encoder, device=str(self.device))
+        return np.asarray(encode_text_with_templates(self._text_encoder, texts), np.float32)
+
+    def _sims(self, emb: np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(emb).to(self.device, self._feats.dtype)
+        return (self._feats @ t.T).float()
+
+    # -- queries ------------------------------------------------------------------------------
+    def labels(self, vocabulary: list[str], *, min_similarity: float | None = None) -> LabelResult:
+        """Per-point label over a vocabulary; unseen points (and those below the threshold) get -1."""
+        if not vocabulary:
+            raise ValueError("empty vocabulary")
+        sims = self._sims(self.embed(list(vocabulary)))
+        probs = torch.softmax(sims * self.temperature, dim=1)
+        best_sim, labels = sims.max(dim=1)
+        score = probs.gather(1, labels[:, None])[:, 0]
+        labels = labels.to(torch.int32)
+        labels[~self._seen] = -1
+        if min_similarity is not None:
+            labels[best_sim < min_similarity] = -1
+        score[~self._seen] = 0
+        return LabelResult(labels.cpu().numpy(), score.cpu().numpy(), best_sim.cpu().numpy(), list(vocabulary))
+
+    def relevancy(self, text: str, negatives=CANONICAL_NEGATIVES, *, temperature: float = 10.0) -> np.ndarray:
+        """LERF relevancy: min over negatives of softmax(query vs negative); 0.5 = no preference.
+
+        softmax([q, n]) for the query is sigmoid(q - n), so the minimum over negatives is
+        sigmoid(q - max(n)): no (N, T) softmax.
+        """
+        sims = self._sims(self.embed([text, *negatives]))  # (N, 1 + negatives)
+        diff = sims[:, 0] - sims[:, 1:].amax(dim=1) if len(negatives) else sims[:, 0]
+        rel = torch.sigmoid(diff * temperature)
+        rel.masked_fill_(~self._seen, 0.0)
+        return rel.cpu().numpy()
+
+    def heatmap(self, text: str, negatives=CANONICAL_NEGATIVES) -> np.ndarray:
+        """Relevancy mapped to [0, 1]: 0 where the query does not beat the negatives."""
+        rel = self.relevancy(text, negatives)
+        return np.clip((rel - 0.5) * 2.0, 0.0, 1.0)
+
+    def topk(self, point_id: int, vocabulary: list[str], k: int = 5) -> list[tuple[str, float]]:
+        """The k best classes of one point with their probabilities."""
+        f = self._feats[int(point_id)].float()
+        sims = torch.from_numpy(self.embed(list(vocabulary))).to(self.device) @ f
+        probs = torch.softmax(sims * self.temperature, 0).cpu().numpy()
+        order = np.argsort(-probs)[:k]
+        return [(vocabulary[i], float(probs[i])) for i in order]
+
+    def objects(self, text: str, *, threshold: float = 0.5, eps: float | None = None,
+                min_points: int = 20) -> list[Object3D]:
+        """Points whose heatmap exceeds ``threshold``, split into connected objects with boxes."""
+        heat = self.heatmap(text)
+        return group_objects(self.fc, heat, threshold=threshold, eps=eps, min_points=min_points)
+
+
+def group_objects(fc: FeatureCloud, heat: np.ndarray, *, threshold: float = 0.5, eps: float | None = None,
+                  min_points: int = 20) -> list[Object3D]:
+    """Connected components of the selected points on a voxel grid of size ``eps`` (26-connected)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    from . import native
+
+    sel = np.flatnonzero(heat >= threshold)
+    if len(sel) == 0:
+        return []
+    xyz = fc.cloud.xyz[sel]
+    if eps is None:
+        eps = _default_eps(fc.cloud.xyz)
+    coords, inverse, _, _ = native.voxelize(xyz, eps)
+    c = coords.astype(np.int64) - coords.min(0)
+    span = c.max(0) + 3
+    key = ((c[:, 0] + 1) * span[1] + (c[:, 1] + 1)) * span[2] + (c[:, 2] + 1)
+    order = np.argsort(key)
+    sorted_keys = key[order]
+    rows, cols = [], []
+    for dx in (-1, 0, 1):
+        for dy in (-1, 0, 1):
+            for dz in (-1, 0, 1):
+                if (dx, dy, dz) <= (0, 0, 0):
+                    continue  # each undirected pair once
+                nk = key + (dx * span[1] + dy) * span[2] + dz
+                pos = np.searchsorted(sorted_keys, nk)
+                pos = np.minimum(pos, len(sorted_keys) - 1)
+                hit = sorted_keys[pos] == nk
+                rows.append(np.flatnonzero(hit)); cols.append(order[pos[hit]])
+    r = np.concatenate(rows); cl = np.concatenate(cols)
+    graph = coo_matrix((np.ones(len(r), np.int8), (r, cl)), shape=(len(c), len(c)))
+    n_comp, comp = connected_components(graph, directed=False)
+    point_comp = comp[inverse]
+    objs = []
+    for k in range(n_comp):
+        members = sel[point_comp == k]
+        if len(members) < min_points:
+            continue
+        p = fc.cloud.xyz[members].astype(np.float64) + fc.cloud.origin
+        objs.append(Object3D(members, float(heat[members].mean()), p.min(0), p.max(0)))
+    objs.sort(key=lambda o: -len(o.point_ids) * o.score)
+    return objs
+
+
+def _default_eps(xyz: np.ndarray) -> float:
+    """About three times the median point spacing (estimated on a sample)."""
+    from scipy.spatial import cKDTree
+    if len(xyz) < 2:
+        return 0.05
+    rng = np.random.default_rng(0)
+    sample = xyz[rng.choice(len(xyz), min(len(xyz), 2000), replace=False)]
+    d, _ = cKDTree(xyz).query(sample, k=2)
+    return float(max(3.0 * np.median(d[:, 1]), 1e-3))
