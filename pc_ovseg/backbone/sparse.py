@@ -247,7 +247,10 @@ def _native_conv(x: SparseTensor, weight: torch.Tensor, k: int, stride: int, tra
         out_stride = x.stride * stride
         km = m.kernel_map(x.stride, out_stride, k)
     km = km.to(x.device)
-    feats = _SparseConvFn.apply(x.feats, weight, km)
+    feats = x.feats
+    if feats.is_cuda and torch.is_autocast_enabled("cuda"):  # AMP: gather/matmul/scatter in half
+        feats = feats.to(torch.get_autocast_dtype("cuda"))
+    feats = _SparseConvFn.apply(feats, weight, km)
     return SparseTensor(feats, stride=out_stride, manager=m)
 
 
