@@ -3,10 +3,12 @@
 
     python scripts/bench_sparse.py [--input room|kitti] [--arch MinkUNet18A] [--steps 3] --json
 
-Each backend runs in its own subprocess so that peak memory (CPU: peak RSS growth over the
-state after model and data creation; CUDA: max allocated) is not shared. A step is: build the
+Timing alternates steps of the backends in one process (a shared machine's load drift hits both
+alike; median of --steps after one warm-up each). Peak memory comes from one subprocess per
+backend (CPU: peak RSS growth over the state after model and data creation, one step; CUDA:
+max allocated). A step is: build the
 sparse input (kernel maps are rebuilt every step, as in training), forward, cosine loss against
-a random target, backward, AdamW step. The first step is reported separately (warm-up).
+a random target, backward, AdamW step.
 """
 from __future__ import annotations
 
@@ -53,6 +55,8 @@ def load_input(name: str) -> tuple[np.ndarray, float]:
 
 
 def worker(args) -> dict:
+    """``--worker time``: alternate steps of every backend in one process (so load drift on a
+    shared machine hits both alike); ``--worker mem``: one backend, one step, peak memory."""
     import torch
     torch.set_num_threads(args.threads)
     from pc_ovseg import native
@@ -68,15 +72,13 @@ def worker(args) -> dict:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     feats = torch.randn(len(coords), 3)
     target = torch.nn.functional.normalize(torch.randn(len(coords), args.out_channels), dim=1).to(dev)
-    rss0 = _rss_mb()
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(args.steps + 1):
+    backends = args.backends.split(",")
+
+    def step(backend: str) -> tuple[float, float]:
         if dev.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        x = SparseTensor(feats.to(dev), coords.to(dev), backend=args.worker)
+        x = SparseTensor(feats.to(dev), coords.to(dev), backend=backend)
         y = model(x).feats
         loss = (1 - torch.nn.functional.cosine_similarity(y, target, dim=1)).mean()
         opt.zero_grad(set_to_none=True)
@@ -84,11 +86,25 @@ def worker(args) -> dict:
         opt.step()
         if dev.type == "cuda":
             torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    peak = (torch.cuda.max_memory_allocated() / 2 ** 20) if dev.type == "cuda" else _rss_mb() - rss0
-    return {"backend": args.worker, "voxels": len(coords), "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
-            "first_step_s": round(times[0], 3), "step_s": round(float(np.median(times[1:])), 3),
-            "steps": args.steps, "peak_mem_mb": round(peak, 1), "loss": float(loss)}
+        return time.perf_counter() - t0, float(loss)
+
+    info = {"voxels": len(coords), "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2)}
+    if args.worker == "mem":
+        rss0 = _rss_mb()
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        t, loss = step(backends[0])
+        peak = (torch.cuda.max_memory_allocated() / 2 ** 20) if dev.type == "cuda" else _rss_mb() - rss0
+        return {**info, "backend": backends[0], "peak_mem_mb": round(peak, 1), "step_s": round(t, 3)}
+    times: dict[str, list[float]] = {b: [] for b in backends}
+    losses: dict[str, float] = {}
+    for _ in range(args.steps + 1):
+        for b in backends:
+            t, losses[b] = step(b)
+            times[b].append(t)
+    return {**info, "backends": {b: {"first_step_s": round(v[0], 3), "step_s": round(float(np.median(v[1:])), 3),
+                                     "steps_s": [round(x, 3) for x in v[1:]], "last_loss": losses[b]}
+                                 for b, v in times.items()}}
 
 
 def _rss_mb() -> float:
@@ -111,33 +127,43 @@ def main(argv=None) -> int:
     if args.worker:
         print(json.dumps(worker(args)))
         return 0
-    results = []
+    backends = []
+    skipped = {}
     for b in args.backends.split(","):
         if b == "spconv":
             try:
                 import spconv.pytorch  # noqa: F401
             except ImportError:
-                results.append({"backend": b, "skipped": "spconv not installed"})
+                skipped[b] = "spconv not installed"
                 continue
-        cmd = [sys.executable, __file__, "--worker", b] + [a for a in (argv or sys.argv[1:]) if a != "--json"]
-        env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+        backends.append(b)
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    passthru = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--json"]
+
+    def run(kind: str, bk: list[str]) -> dict:
+        cmd = [sys.executable, __file__, *passthru, "--worker", kind, "--backends", ",".join(bk)]
         p = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if p.returncode:
-            results.append({"backend": b, "error": p.stderr.strip().splitlines()[-1] if p.stderr.strip() else "failed"})
-            continue
-        results.append(json.loads(p.stdout.strip().splitlines()[-1]))
-    ok = {r["backend"]: r for r in results if "step_s" in r}
-    summary = {"input": args.input, "arch": args.arch, "device": args.device, "threads": args.threads,
-               "results": results}
+            return {"error": (p.stderr.strip().splitlines() or ["failed"])[-1]}
+        return json.loads(p.stdout.strip().splitlines()[-1])
+
+    timing = run("time", backends)
+    memory = {b: run("mem", [b]) for b in backends}
+    results = {b: {**timing.get("backends", {}).get(b, {}), "peak_mem_mb": memory[b].get("peak_mem_mb"),
+                   **({"error": timing["error"]} if "error" in timing else {})} for b in backends}
+    summary = {"input": args.input, "voxels": timing.get("voxels"), "arch": args.arch,
+               "params_m": timing.get("params_m"), "out_channels": args.out_channels, "device": args.device,
+               "threads": args.threads, "results": results, "skipped": skipped}
+    ok = {b: r for b, r in results.items() if r.get("step_s")}
     if "native" in ok and "spconv" in ok:
         summary["time_ratio_native_over_spconv"] = round(ok["native"]["step_s"] / ok["spconv"]["step_s"], 3)
-        if ok["spconv"]["peak_mem_mb"] > 0:
+        if ok["spconv"].get("peak_mem_mb"):
             summary["mem_ratio_native_over_spconv"] = round(ok["native"]["peak_mem_mb"] / ok["spconv"]["peak_mem_mb"], 3)
     if args.json:
         print(json.dumps(summary))
     else:
-        for r in results:
-            print(r)
+        for b, r in results.items():
+            print(b, r)
         print({k: v for k, v in summary.items() if k != "results"})
     return 0
 

@@ -170,7 +170,11 @@ def _scatter_add(out: torch.Tensor, rows: torch.Tensor, src: torch.Tensor) -> No
 
 
 class _SparseConvFn(torch.autograd.Function):
-    """out[o] = sum_k sum_{(i,o) in pairs_k} x[i] @ W[k]; saves only x, W and the pairs."""
+    """out[o] = sum_k sum_{(i,o) in pairs_k} x[i] @ W[k]; saves only x, W and the pairs.
+
+    Gathered rows and products go to two buffers sized for the largest offset, allocated once
+    per call: fresh per-offset tensors of tens of MB cost a page-fault storm on the CPU.
+    """
 
     @staticmethod
     def forward(ctx, feats: torch.Tensor, weight: torch.Tensor, km: KernelMap) -> torch.Tensor:
@@ -180,11 +184,18 @@ class _SparseConvFn(torch.autograd.Function):
             out = feats @ w[km.identity]
         else:
             out = feats.new_zeros((km.n_out, w.shape[2]))
-        for k in range(w.shape[0]):
-            a, b = off[k], off[k + 1]
-            if a == b or k == km.identity:
-                continue
-            _scatter_add(out, km.out_rows[a:b], feats.index_select(0, km.in_rows[a:b]) @ w[k])
+        sizes = [off[k + 1] - off[k] if k != km.identity else 0 for k in range(w.shape[0])]
+        maxp = max(sizes, default=0)
+        if maxp:
+            gbuf = feats.new_empty((maxp, w.shape[1]))
+            pbuf = feats.new_empty((maxp, w.shape[2]))
+            for k, n in enumerate(sizes):
+                if n == 0:
+                    continue
+                a, b = off[k], off[k + 1]
+                torch.index_select(feats, 0, km.in_rows[a:b], out=gbuf[:n])
+                torch.mm(gbuf[:n], w[k], out=pbuf[:n])
+                _scatter_add(out, km.out_rows[a:b], pbuf[:n])
         ctx.save_for_backward(feats, weight)
         ctx.km = km
         return out
@@ -200,21 +211,32 @@ class _SparseConvFn(torch.autograd.Function):
         gw = torch.zeros(weight.shape, dtype=torch.float32 if feats.dtype == torch.float16 else weight.dtype,
                          device=weight.device) if need_w else None
         off = km.offsets
+        sizes = [off[k + 1] - off[k] if k != km.identity else 0 for k in range(w.shape[0])]
+        maxp = max(sizes, default=0)
+        cin, cout = w.shape[1], w.shape[2]
+        if maxp:
+            gbuf = feats.new_empty((maxp, cout))
+            xbuf = feats.new_empty((maxp, cin)) if need_w else None
+            pbuf = feats.new_empty((maxp, cin)) if need_x else None
         for k in range(w.shape[0]):
             a, b = off[k], off[k + 1]
-            if a == b:
+            n = b - a
+            if n == 0:
                 continue
             if k == km.identity:
                 g, x = grad_out, feats
                 if need_x:
                     gx.addmm_(g, w[k].t())
             else:
-                g = grad_out.index_select(0, km.out_rows[a:b])
-                x = feats.index_select(0, km.in_rows[a:b])
+                g = torch.index_select(grad_out, 0, km.out_rows[a:b], out=gbuf[:n])
+                x = torch.index_select(feats, 0, km.in_rows[a:b], out=xbuf[:n]) if need_w else None
                 if need_x:
-                    _scatter_add(gx, km.in_rows[a:b], g @ w[k].t())
+                    _scatter_add(gx, km.in_rows[a:b], torch.mm(g, w[k].t(), out=pbuf[:n]))
             if need_w:
-                gw[k] = (x.t() @ g).to(gw.dtype)
+                if gw.dtype == x.dtype:
+                    torch.mm(x.t(), g, out=gw[k])
+                else:
+                    gw[k] = (x.t() @ g).to(gw.dtype)
         return gx, None if gw is None else gw.to(weight.dtype), None
 
 
