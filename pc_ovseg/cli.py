@@ -317,6 +317,98 @@ def cmd_eval(args) -> int:
 
 
 # --- distill / predict (backbone) ------------------------------------------------------------
+def _distill_args(p):
+    p.add_argument("fused", nargs="+", help="fused feature files (.npz from `pc-ovseg fuse`/`run`)")
+    p.add_argument("--out", required=True, help="checkpoint to write (rewritten every epoch; rerun to resume)")
+    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--max-minutes", type=float, default=None, help="stop after this much wall time")
+    p.add_argument("--voxel-size", type=float, default=0.02, help="metres: 0.02 indoor, 0.05 outdoor")
+    p.add_argument("--color", action="store_true", help="use point colour as input (default: geometry only)")
+    p.add_argument("--inputs", help="input features instead: ones, height, color, combined with '+'")
+    p.add_argument("--arch", default="MinkUNet18A", help="MinkUNet14A, MinkUNet18A (OpenScene), MinkUNet18B, ...")
+    p.add_argument("--planes", help="override the 8 layer widths, e.g. 16,32,64,128,64,64,48,48 (smaller = faster)")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--batch-size", type=int, default=2, help="scenes per step (per process under torchrun)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1")
+    p.add_argument("--no-resume", action="store_true", help="start over even if --out exists")
+    p.add_argument("--json", action="store_true")
+
+
+@command("distill", "train the 3D U-Net to predict fused features from geometry (torchrun for multi-GPU)")
+@arguments(_distill_args)
+def cmd_distill(args) -> int:
+    from .backbone.train import distill
+    from .errors import InputError, check_input_path
+    for f in args.fused:
+        check_input_path(f)
+    overrides = {}
+    if args.planes:
+        try:
+            planes = tuple(int(v) for v in args.planes.split(","))
+        except ValueError:
+            planes = ()
+        if len(planes) != 8 or min(planes) < 1:
+            raise InputError(None, f"--planes wants 8 positive comma-separated widths, got {args.planes!r}")
+        overrides = {"planes": planes, "init_dim": planes[0]}
+    r = distill(args.fused, args.out, epochs=args.epochs, voxel_size=args.voxel_size, use_color=args.color,
+                inputs=args.inputs, arch=args.arch, lr=args.lr, batch_size=args.batch_size,
+                max_minutes=args.max_minutes, device=args.device, resume=not args.no_resume,
+                model_overrides=overrides)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
+    summary = {"checkpoint": r.checkpoint, "epochs": r.epochs, "steps": r.steps, "loss": r.last_loss,
+               "seconds": round(r.seconds, 2), "stopped_early": r.stopped_early}
+    print_json(summary) if args.json else print(
+        f"wrote {r.checkpoint} (epoch {r.epochs}, loss {r.last_loss:.4f}, {r.seconds:.0f} s"
+        f"{', time budget reached' if r.stopped_early else ''})")
+    return 0
+
+
+def _predict_args(p):
+    p.add_argument("checkpoint", help="a `pc-ovseg distill` checkpoint or an OpenScene MinkUNet18A checkpoint")
+    p.add_argument("input", help="any cloud or mesh pc_ovseg reads (or a feature .npz: its cloud is used)")
+    p.add_argument("--out", required=True, help="feature file to write (.npz, read by query/eval/view)")
+    p.add_argument("--tta", type=int, default=1, help="average over N voxelisations (rotated, shifted)")
+    p.add_argument("--voxel-size", type=float, default=None, help="override the checkpoint's voxel size")
+    p.add_argument("--layout", help="column layout of raw .bin/.npy input, e.g. xyzrgb")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", action="store_true")
+
+
+@command("predict", "features for every point of a cloud from the distilled 3D model (no images)")
+@arguments(_predict_args)
+def cmd_predict(args) -> int:
+    import time
+
+    from .backbone.predict import predict
+    from .errors import InputError, check_input_path
+    check_input_path(args.input)
+    if args.tta < 1:
+        raise InputError(None, f"--tta must be >= 1, got {args.tta}")
+    t0 = time.perf_counter()
+    if args.input.endswith(".npz") and _is_feature_file(args.input):
+        from .data import FeatureCloud
+        cloud = FeatureCloud.load(args.input).cloud
+    else:
+        from .io import read_cloud
+        cloud = read_cloud(args.input, layout=args.layout)
+    fc = predict(args.checkpoint, cloud, tta=args.tta, device=args.device, voxel_size=args.voxel_size)
+    fc.save(args.out)
+    summary = {"features": args.out, "points": len(fc.cloud), "dim": int(fc.features.shape[1]), "tta": args.tta,
+               "seconds": round(time.perf_counter() - t0, 2)}
+    print_json(summary) if args.json else print(f"wrote {args.out} ({summary['points']} points)")
+    return 0
+
+
+def _is_feature_file(path: str) -> bool:
+    import numpy as np
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return "features" in z.files and "header" in z.files
+    except (OSError, ValueError):
+        return False
+
+
 
 
 # --- view (viewer) ---------------------------------------------------------------------------

@@ -141,3 +141,34 @@ def normalize_rows_half(acc: np.ndarray) -> None:
 
 
 # --- backbone: sparse convolution kernel maps (sparse.cpp) --------------------------------
+
+def sparse_downsample(coords: np.ndarray, stride: int) -> tuple[np.ndarray, np.ndarray]:
+    """Unique rows of ``floor(coords / stride) * stride`` (batch column kept), first-appearance order.
+
+    ``coords`` is (N,4) int32 (batch, x, y, z). Returns coarse coords (M,4) int32 and the
+    fine->coarse row map (N,) int64.
+    """
+    return _C.sparse_downsample(_f(coords, np.int32).reshape(-1, 4), int(stride))
+
+
+def sparse_kernel_map(in_coords: np.ndarray, out_coords: np.ndarray, kernel_size: int,
+                      dilation: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Neighbour pairs (in_rows, out_rows, offsets) with ``in = out + step_k * dilation``.
+
+    Pairs of kernel offset k lie in ``[offsets[k], offsets[k+1])``; k = (i*K + j)*K + l over
+    per-axis steps (x, y, z; last axis fastest), odd K centred, even K starting at 0.
+    Input coordinates must be unique.
+    """
+    return _C.sparse_kernel_map(_f(in_coords, np.int32).reshape(-1, 4), _f(out_coords, np.int32).reshape(-1, 4),
+                                int(kernel_size), int(dilation))
+
+
+def scatter_add_rows(out: np.ndarray, rows: np.ndarray, src: np.ndarray) -> None:
+    """In place ``out[rows[p]] += src[p]`` (float32/float64) for UNIQUE rows, threaded.
+
+    Faster than ``torch.index_add_`` on the CPU for the narrow feature rows of sparse convs;
+    uniqueness holds within one kernel offset of a kernel map.
+    """
+    if not (out.flags.c_contiguous and out.dtype in (np.float32, np.float64)):
+        raise ValueError("out must be a C-contiguous float32/float64 array (it is updated in place)")
+    _C.scatter_add_rows(out, _f(rows, np.int64), _f(src, out.dtype))
