@@ -6,6 +6,7 @@ Queries always run on every point; only their answer is cut down to the displaye
 from __future__ import annotations
 
 import os
+import zipfile
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -190,5 +191,5 @@ def _is_feature_cloud(path: str) -> bool:
     try:
         with np.load(path, allow_pickle=False) as z:
             return "header" in z.files and "features" in z.files
-    except (OSError, ValueError):
+    except (OSError, ValueError, zipfile.BadZipFile):
         return False
