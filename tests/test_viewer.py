@@ -238,9 +238,21 @@ def canvas_pixels(page) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
 
 
+PROJECT_B64 = """() => {
+  const u = new Uint8Array(window.pcViewer.project().buffer); let s = "";
+  for (let i = 0; i < u.length; i += 0x8000) s += String.fromCharCode.apply(null, u.subarray(i, i + 0x8000));
+  return btoa(s);
+}"""
+
+
+def project(page) -> np.ndarray:
+    """(M, 3) screen x, y (CSS pixels) and depth of every displayed point, as the page computes them."""
+    return np.frombuffer(base64.b64decode(page.evaluate(PROJECT_B64)), "<f4").reshape(-1, 3).astype(np.float64)
+
+
 def pixels_at_points(page, img) -> tuple[np.ndarray, np.ndarray]:
     """(M, 3) rendered colour at each displayed point's projection, and a mask of those on screen."""
-    proj = np.array(page.evaluate("() => Array.from(window.pcViewer.project())"), np.float64).reshape(-1, 3)
+    proj = project(page)
     h, w, _ = img.shape
     x, y = np.floor(proj[:, 0]).astype(int), np.floor(proj[:, 1]).astype(int)
     on = (proj[:, 2] > 0) & (x >= 0) & (x < w) & (y >= 0) & (y < h)
@@ -282,7 +294,7 @@ def test_browser_query_heatmap_labels_click_and_screenshot(page, server, kitti, 
     assert "terrain" in page.inner_text("#legend")
 
     # click a car point whose neighbourhood is all car-coloured: the panel shows car and a top-5
-    proj = np.array(page.evaluate("() => Array.from(pcViewer.project())")).reshape(-1, 3)
+    proj = project(page)
     car_rgb = np.array(legend[CAR])
     target = None
     for i in np.flatnonzero(car & on):
