@@ -185,7 +185,7 @@ class Viewer {
 
   resetView() {
     const r = this.info.radius;
-    const dist = (r * 0.9) / Math.sin(THREE.MathUtils.degToRad(this.camera.fov) / 2);
+    const dist = r / Math.sin(THREE.MathUtils.degToRad(this.camera.fov) / 2);
     this.orbit.set(new THREE.Vector3(0, 0, 0), dist, -Math.PI / 2 - 0.5, 0.75);
   }
 
