@@ -10,7 +10,7 @@ import json
 import os
 import sys
 
-from .errors import PcOvsegError
+from .errors import InputError, PcOvsegError
 
 COMMANDS: dict[str, tuple] = {}  # name -> (add_arguments, run, help)
 
@@ -61,9 +61,245 @@ def cmd_info(args) -> int:
 
 
 # --- render (views) --------------------------------------------------------------------------
+def _render_args(p):
+    p.add_argument("input", help="a cloud or mesh (any format the readers accept) or an RGB-D folder / scene.json")
+    p.add_argument("--out", required=True, help="output folder for the views and contact_sheet.png")
+    p.add_argument("--max-views", type=int, default=None, help="view budget (planned views or selected frames)")
+    p.add_argument("--attribute", help="render this per-point field (e.g. label) instead of colour")
+    p.add_argument("--kind", default="auto", choices=["auto", "indoor", "aerial", "street", "object"],
+                   help="camera plan for clouds and meshes (default: detected from the scene)")
+    p.add_argument("--width", type=int, default=640)
+    p.add_argument("--height", type=int, default=480)
+    p.add_argument("--cloud", help="point cloud for posed frames (default: built from the frames' depth)")
+    p.add_argument("--layout", help="raw .bin/.npy column layout, e.g. xyz, xyzrgb, xyzi")
+    p.add_argument("--depth-format", choices=["png", "npy"], default="png",
+                   help="depth as 16-bit PNG in millimetres (default) or float32 .npy metres")
+    p.add_argument("--json", action="store_true", help="print one JSON object (views, coverage, files)")
+
+
+@command("render", "render views (image, depth, camera, index map) of a cloud, mesh or RGB-D frames")
+@arguments(_render_args)
+def cmd_render(args) -> int:
+    import numpy as np
+    from .data import FrameSequence, Mesh
+    from .errors import InputError
+    from .io import read, read_cloud
+    from .views import cloud_from_frames, contact_sheet, make_views, save_view
+    src = read(args.input, layout=args.layout)
+    if args.width <= 0 or args.height <= 0:
+        raise InputError(None, f"--width/--height must be positive, got {args.width}x{args.height}")
+    if isinstance(src, FrameSequence):
+        if args.attribute:
+            raise InputError(args.input, "--attribute applies to clouds and meshes, not to posed frames")
+        if args.cloud:
+            cloud = read_cloud(args.cloud, layout=args.layout)
+        elif src.has_depth:
+            cloud = cloud_from_frames(src)
+        else:
+            raise InputError(args.input, "frames have no depth: pass the scene's point cloud with --cloud")
+        views = make_views(src, cloud=cloud, max_views=args.max_views)
+        n_points = len(cloud)
+    else:
+        if args.attribute and args.attribute not in src.fields:
+            raise InputError(args.input, f"no per-point field {args.attribute!r} (has: {', '.join(src.fields) or 'none'})")
+        views = make_views(src, max_views=args.max_views, kind=args.kind, width=args.width, height=args.height,
+                           attribute=args.attribute)
+        n_points = len(src.vertices if isinstance(src, Mesh) else src.xyz)
+    os.makedirs(args.out, exist_ok=True)
+    seen = np.zeros(n_points, bool)
+    files, thumbs = [], []
+    for k, view in enumerate(views):
+        files.append(save_view(view, args.out, f"view{k:03d}", depth_format=args.depth_format))
+        seen[view.point_ids] = True
+        view.depth = view.index = None  # keep only what the contact sheet needs
+        thumbs.append(view)
+    if not thumbs:
+        raise InputError(args.input, "no views were produced (is --max-views 0?)")
+    sheet = contact_sheet(thumbs, os.path.join(args.out, "contact_sheet.png"))
+    result = {"views": len(thumbs), "coverage": float(seen.mean()) if n_points else 0.0, "points": n_points,
+              "out": args.out, "contact_sheet": str(sheet), "files": files}
+    if args.json:
+        print_json(result)
+    else:
+        print(f"{len(thumbs)} views of {n_points:,} points, coverage {result['coverage']:.2%} -> {args.out}")
+    return 0
+
+
 
 
 # --- fuse / query / eval / run (fusion, query, eval, pipeline) -------------------------------
+def _vocabulary(arg: str) -> list[str]:
+    """--labels: a label-set name (data/labelsets), a JSON/text file, or comma-separated names."""
+    try:
+        from .eval import parse_classes
+        return list(parse_classes(arg).prompt_names())
+    except ImportError:  # pragma: no cover
+        return [s.strip() for s in arg.split(",") if s.strip()]
+
+
+def _scene_args(p):
+    p.add_argument("input", help="cloud, mesh, organised PCD or RGB-D folder/manifest")
+    p.add_argument("--out", required=True, help="output folder (its cache/ makes reruns resume)")
+    p.add_argument("--max-views", type=int, default=None, help="view budget (frames or rendered views)")
+    p.add_argument("--cloud", help="for RGB-D input: label this cloud instead of one built from depth")
+    p.add_argument("--layout", help="column layout of raw .bin/.npy input, e.g. xyzrgb")
+    p.add_argument("--kind", default="auto", choices=["auto", "indoor", "aerial", "street", "object"],
+                   help="camera plan for bare clouds and meshes")
+    p.add_argument("--voxel-size", type=float, default=0.02, help="for RGB-D input: cloud voxel size (m)")
+    p.add_argument("--no-progress", action="store_true")
+    from .encoders import add_encoder_args
+    add_encoder_args(p)
+
+
+def _run_args(p):
+    _scene_args(p)
+    p.add_argument("--labels", required=True,
+                   help="vocabulary: label-set name (scannet20, ...), file, or 'wall,floor,chair,other'")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+
+
+def _scene_kw(args) -> dict:
+    return dict(max_views=args.max_views, cloud_path=args.cloud, layout=args.layout, kind=args.kind,
+                voxel_size=args.voxel_size, progress=not args.no_progress)
+
+
+@command("run", "views -> features -> fusion -> labels in one go (resumes if interrupted)")
+@arguments(_run_args)
+def cmd_run(args) -> int:
+    from .pipeline import run
+    summary = run(args.input, args.out, _vocabulary(args.labels), encoder_args=args, **_scene_kw(args))
+    if args.json:
+        print_json(summary)
+    else:
+        print(f"{summary['points']} points, {summary['views']} views "
+              f"({summary['views_cached']} from cache), coverage {summary['coverage']:.3f}, "
+              f"{summary['seconds']:.1f} s")
+        for f in summary["files"]:
+            print(f"  wrote {f}")
+    return 0
+
+
+def _fuse_args(p):
+    _scene_args(p)
+    p.add_argument("--json", action="store_true")
+
+
+@command("fuse", "fuse 2D features of every view onto the points (writes OUT/fused.npz)")
+@arguments(_fuse_args)
+def cmd_fuse(args) -> int:
+    from pathlib import Path
+
+    from .encoders import view_encoder_from_args
+    from .pipeline import fuse_scene, load_scene
+    kw = _scene_kw(args)
+    progress = kw.pop("progress")
+    scene = load_scene(args.input, **{k: v for k, v in kw.items()})
+    enc = view_encoder_from_args(args, cache_dir=str(Path(args.out) / "cache" / "encoder"))
+    fc, stats = fuse_scene(scene, enc, Path(args.out) / "cache", progress=progress,
+                           settings={"input": args.input, **kw})
+    fc.save(Path(args.out) / "fused.npz")
+    summary = {"points": len(fc.cloud), "views": stats.views, "coverage": fc.coverage,
+               "fused": str(Path(args.out) / "fused.npz"), "seconds": round(stats.seconds, 3)}
+    print_json(summary) if args.json else print(f"wrote {summary['fused']} (coverage {fc.coverage:.3f})")
+    return 0
+
+
+def _query_args(p):
+    p.add_argument("features", help="a fused or predicted feature file (.npz)")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--labels", help="vocabulary -> per-point labels")
+    g.add_argument("--text", help="free-text query -> heatmap (and objects with --threshold)")
+    p.add_argument("--threshold", type=float, default=0.5, help="heatmap level that selects points")
+    p.add_argument("--min-points", type=int, default=20, help="smallest object kept")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--json", action="store_true")
+
+
+@command("query", "labels for a vocabulary, or a heatmap and objects for one text query")
+@arguments(_query_args)
+def cmd_query(args) -> int:
+    from pathlib import Path
+
+    from . import io
+    from .colors import heat_colors
+    from .data import FeatureCloud
+    from .pipeline import export_labels
+    from .query import QueryEngine
+    fc = FeatureCloud.load(args.features)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.labels:
+        summary = export_labels(out, fc, _vocabulary(args.labels))
+    else:
+        if not args.text.strip() or len(args.text) > 500:
+            raise InputError(None, "--text must be 1-500 characters")
+        eng = QueryEngine(fc)
+        heat = eng.heatmap(args.text)
+        objs = eng.objects(args.text, threshold=args.threshold, min_points=args.min_points)
+        stem = "".join(c if c.isalnum() else "_" for c in args.text)[:40]
+        for ext in ("ply", "npz"):
+            io.write(out / f"heatmap_{stem}.{ext}", fc.cloud, scores=heat, colors=heat_colors(heat),
+                     labels=_object_labels(len(heat), objs))
+        summary = {"query": args.text, "points_selected": int((heat >= args.threshold).sum()),
+                   "objects": [o.to_dict() for o in objs],
+                   "files": [str(out / f"heatmap_{stem}.ply"), str(out / f"heatmap_{stem}.npz")]}
+        (out / f"objects_{stem}.json").write_text(json.dumps(summary, indent=2))
+    print_json(summary) if args.json else print("\n".join(f"wrote {f}" for f in summary["files"]))
+    return 0
+
+
+def _object_labels(n: int, objs) -> "np.ndarray":
+    import numpy as np
+    lab = np.full(n, -1, np.int32)
+    for k, o in enumerate(objs):
+        lab[o.point_ids] = k
+    return lab
+
+
+
+def _eval_args(p):
+    p.add_argument("pred", help="predictions: a cloud with a label field (PLY 'label', LAS 'classification'), "
+                                "a label file (.npy, .label, .txt), or a FeatureCloud .npz (queried with --labels)")
+    p.add_argument("--gt", required=True, help="ground truth: a cloud with a label field or a label file")
+    p.add_argument("--classes", help="GT label ids: a label set (pc_ovseg.eval.list_labelsets(), e.g. scannet20, "
+                                     "semantickitti19, asprs), a JSON/.txt file, or comma-separated names by id "
+                                     "('ignore' = not evaluated)")
+    p.add_argument("--labels", help="the vocabulary that made PRED (same forms): a FeatureCloud PRED is queried with "
+                                    "it; a PRED file then holds positions in it, as 'pc-ovseg query/run --labels' "
+                                    "write them. Matched to --classes by class name")
+    p.add_argument("--pred-field", help="per-point field of PRED holding labels (default: label, classification, ...)")
+    p.add_argument("--gt-field", help="per-point field of GT holding labels (default: label, classification, ...)")
+    p.add_argument("--ignore", default="", help="more label ids not to evaluate, comma-separated, e.g. 0,255")
+    p.add_argument("--remap-gt", action="store_true",
+                   help="GT holds raw dataset ids: map them through the label set (NYU40 -> ScanNet-20, "
+                        "SemanticKITTI .label -> 19)")
+    p.add_argument("--remap-pred", action="store_true", help="the same for PRED")
+    p.add_argument("--json", action="store_true", help="print one JSON object (miou, macc, coverage, per_class, ...)")
+    p.add_argument("--chart", metavar="PNG", help="write a per-class IoU bar chart")
+    p.add_argument("--all", action="store_true", help="list classes absent from GT and predictions too")
+
+
+@command("eval", "score per-point predictions against ground truth: mIoU, mAcc, coverage, confusion")
+@arguments(_eval_args)
+def cmd_eval(args) -> int:
+    from . import eval as ev
+    from .errors import InputError
+    try:
+        ignore = [int(t) for t in args.ignore.replace(" ", "").split(",") if t]
+    except ValueError:
+        raise InputError(None, f"--ignore wants comma-separated integer ids, got {args.ignore!r}") from None
+    result, classes = ev.evaluate_files(args.pred, args.gt, args.classes, labels=args.labels,
+                                        pred_field=args.pred_field, gt_field=args.gt_field, ignore_ids=ignore,
+                                        remap_gt=args.remap_gt, remap_pred=args.remap_pred)
+    if args.chart:
+        ev.save_bar_chart(result, args.chart, title=f"{os.path.basename(args.pred)} vs "
+                                                     f"{os.path.basename(args.gt)} ({classes.title or classes.name})")
+    if args.json:
+        print_json({**result.to_json(), "labelset": classes.name, "pred": args.pred, "gt": args.gt,
+                    **({"chart": args.chart} if args.chart else {})})
+    else:
+        print(ev.format_table(result, all_classes=args.all))
+    return 0
 
 
 # --- distill / predict (backbone) ------------------------------------------------------------

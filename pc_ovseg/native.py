@@ -53,10 +53,86 @@ def _bincount3(out: np.ndarray, inverse: np.ndarray, xyz: np.ndarray) -> None:
         out[:, a] = np.bincount(inverse, weights=np.asarray(xyz[:, a], np.float64), minlength=len(out))
 
 
+def lzf_decompress(data: bytes | np.ndarray, out_size: int) -> np.ndarray:
+    """Decode one LZF block (PCD ``binary_compressed``) into exactly ``out_size`` bytes.
+
+    Raises ValueError when the data is corrupt, truncated or of another size.
+    """
+    buf = np.frombuffer(data, np.uint8) if isinstance(data, (bytes, bytearray, memoryview)) else _f(data, np.uint8)
+    return _C.lzf_decompress(buf.reshape(-1), int(out_size))
+
+
 # --- views: projection, visibility, splatting (render.cpp) -------------------------------
+
+def _pose_args(camera) -> tuple[np.ndarray, np.ndarray]:
+    w2c = np.linalg.inv(np.asarray(camera.cam_to_world, np.float64))[:3, :4]
+    K = np.asarray(camera.K, np.float64)
+    return _f(w2c, np.float64), _f([K[0, 0], K[1, 1], K[0, 2], K[1, 2]], np.float64)
+
+
+def depth_test(xyz: np.ndarray, camera, depth: np.ndarray, *, rel_tol: float = 0.05, abs_tol: float = 0.05,
+               point_tol: np.ndarray | None = None, border: int = 0, near: float = 1e-3
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Points of ``xyz`` (local frame) that ``camera`` sees on ``depth`` (H, W metres, 0 = none).
+
+    A point is visible when it projects at least ``border`` pixels inside the image onto a valid
+    depth d with |d - z| <= max(abs_tol, rel_tol * d, point_tol[i]). ``camera`` must match the
+    depth map's resolution. Returns ``point_ids`` (M,) int64, ``pixels`` (M, 2) int32 (row, col)
+    and the points' camera depths ``z`` (M,) float32.
+    """
+    w2c, intr = _pose_args(camera)
+    tol = np.zeros(0, np.float32) if point_tol is None else _f(point_tol).reshape(-1)
+    return _C.depth_test(_f(xyz).reshape(-1, 3), w2c, intr, _f(depth), float(rel_tol), float(abs_tol), tol,
+                         int(border), float(near))
+
+
+def splat(xyz: np.ndarray, camera, *, radius: np.ndarray | None = None, max_pixel_radius: float = 8.0,
+          near: float = 1e-3, fill_iters: int = 2, fill_reach: int = 4, fill_tol: float = 0.05,
+          fill_need: int = 6) -> tuple[np.ndarray, np.ndarray]:
+    """Z-buffer ``xyz`` into ``camera``'s image as discs of world radius ``radius`` (per point).
+
+    Nearest point wins each pixel; ``fill_iters`` passes of hole filling then close gaps between
+    splats and hide far surfaces that show through near ones (see render.cpp). Returns ``depth``
+    (H, W) float32 metres (0 = empty) and ``index`` (H, W) int64 point id (-1 = empty).
+    """
+    w2c, intr = _pose_args(camera)
+    r = np.zeros(0, np.float32) if radius is None else _f(radius).reshape(-1)
+    return _C.splat(_f(xyz).reshape(-1, 3), w2c, intr, int(camera.width), int(camera.height), r,
+                    float(max_pixel_radius), float(near), int(fill_iters), int(fill_reach), float(fill_tol),
+                    int(fill_need))
+
+
+def fill_holes(depth: np.ndarray, index: np.ndarray, *, iters: int = 2, reach: int = 4, tol: float = 0.05,
+               need: int = 6) -> tuple[np.ndarray, np.ndarray]:
+    """The splat kernel's hole filling applied to an existing depth/index pair."""
+    return _C.fill_holes(_f(depth), _f(index, np.int64), int(iters), int(reach), float(tol), int(need))
+
 
 
 # --- fusion: streaming accumulation (fusion.cpp) ------------------------------------------
+
+def fuse_accumulate(acc: np.ndarray, wsum: np.ndarray, count: np.ndarray, ids: np.ndarray,
+                    feats: np.ndarray, weights: np.ndarray) -> None:
+    """In place: running weighted mean of ``feats`` into the fp16 accumulator rows ``ids``.
+
+    ``acc`` (N, D) float16, ``wsum`` (N,) float32, ``count`` (N,) uint16; ids unique per call.
+    """
+    if acc.dtype != np.float16 or not acc.flags.c_contiguous:
+        raise ValueError("acc must be a C-contiguous float16 array")
+    _C.fuse_accumulate(acc.view(np.uint16), wsum, count, _f(ids, np.int64), _f(feats), _f(weights))
+
+
+def fuse_add_weights(totals: np.ndarray, ids: np.ndarray, weights: np.ndarray, group: int) -> None:
+    """In place: ``totals[ids, group] += weights`` (ids may repeat)."""
+    _C.fuse_add_weights(totals, _f(ids, np.int64), _f(weights), int(group))
+
+
+def normalize_rows_half(acc: np.ndarray) -> None:
+    """In place L2 normalisation of float16 rows (zero rows stay zero)."""
+    if acc.dtype != np.float16 or not acc.flags.c_contiguous:
+        raise ValueError("acc must be a C-contiguous float16 array")
+    _C.normalize_rows_half(acc.view(np.uint16))
+
 
 
 # --- backbone: sparse convolution kernel maps (sparse.cpp) --------------------------------

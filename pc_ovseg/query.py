@@ -113,17 +113,16 @@ class QueryEngine:
         return LabelResult(labels.cpu().numpy(), score.cpu().numpy(), best_sim.cpu().numpy(), list(vocabulary))
 
     def relevancy(self, text: str, negatives=CANONICAL_NEGATIVES, *, temperature: float = 10.0) -> np.ndarray:
-        """LERF relevancy: min over negatives of softmax(query vs negative); 0.5 = no preference."""
-        emb = self.embed([text, *negatives])
-        sims = self._sims(emb) * temperature
-        q, neg = sims[:, :1], sims[:, 1:]
-        if neg.shape[1] == 0:
-            rel = torch.sigmoid(q[:, 0])
-        else:
-            rel = torch.exp(q) / (torch.exp(q) + torch.exp(neg))
-            rel = rel.min(dim=1).values
-        rel[~self._seen] = 0
-        return rel.cpu().numpy().astype(np.float32)
+        """LERF relevancy: min over negatives of softmax(query vs negative); 0.5 = no preference.
+
+        softmax([q, n]) for the query is sigmoid(q - n), so the minimum over negatives is
+        sigmoid(q - max(n)): no (N, T) softmax.
+        """
+        sims = self._sims(self.embed([text, *negatives]))  # (N, 1 + negatives)
+        diff = sims[:, 0] - sims[:, 1:].amax(dim=1) if len(negatives) else sims[:, 0]
+        rel = torch.sigmoid(diff * temperature)
+        rel.masked_fill_(~self._seen, 0.0)
+        return rel.cpu().numpy()
 
     def heatmap(self, text: str, negatives=CANONICAL_NEGATIVES) -> np.ndarray:
         """Relevancy mapped to [0, 1]: 0 where the query does not beat the negatives."""

@@ -3,6 +3,7 @@
 #include "common.h"
 
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -99,6 +100,47 @@ nb::tuple voxelize_impl(In<T, nb::shape<-1, 3>> xyz, double voxel_size) {
                         to_numpy(counts_out, {m}));
 }
 
+
+// LZF (liblzf) decompression for PCD binary_compressed: per-byte by nature, so native.
+Array<uint8_t> lzf_decompress_impl(In<uint8_t, nb::shape<-1>> src, size_t out_size) {
+  const uint8_t* ip = src.data();
+  const uint8_t* const in_end = ip + src.shape(0);
+  uint8_t* out = new uint8_t[out_size ? out_size : 1];
+  uint8_t* op = out;
+  uint8_t* const out_end = out + out_size;
+  const char* err = nullptr;
+  {
+    nb::gil_scoped_release release;
+    while (ip < in_end) {
+      unsigned ctrl = *ip++;
+      if (ctrl < 32) {  // literal run of ctrl + 1 bytes
+        size_t len = ctrl + 1;
+        if (op + len > out_end) { err = "LZF data decompresses past the declared size"; break; }
+        if (ip + len > in_end) { err = "LZF data is truncated"; break; }
+        std::memcpy(op, ip, len);
+        op += len; ip += len;
+      } else {  // back reference
+        size_t len = ctrl >> 5;
+        if (len == 7) {
+          if (ip >= in_end) { err = "LZF data is truncated"; break; }
+          len += *ip++;
+        }
+        if (ip >= in_end) { err = "LZF data is truncated"; break; }
+        size_t off = ((ctrl & 0x1f) << 8) + *ip++ + 1;
+        len += 2;
+        if (op + len > out_end) { err = "LZF data decompresses past the declared size"; break; }
+        if (off > size_t(op - out)) { err = "LZF back reference points before the start"; break; }
+        const uint8_t* ref = op - off;
+        if (off >= len) { std::memcpy(op, ref, len); op += len; }
+        else { for (size_t k = 0; k < len; ++k) *op++ = *ref++; }  // overlapping copy
+      }
+    }
+  }
+  if (!err && op != out_end) err = "LZF data decompresses to fewer bytes than declared";
+  if (err) { delete[] out; throw std::invalid_argument(err); }
+  return to_numpy(out, {out_size});
+}
+
 }  // namespace
 
 void bind_voxel(nb::module_& m) {
@@ -107,6 +149,8 @@ void bind_voxel(nb::module_& m) {
       "counts int64 (M,)); voxels in order of first appearance, coords = floor(xyz / voxel_size).";
   m.def("voxelize", &voxelize_impl<float>, nb::arg("xyz"), nb::arg("voxel_size"), doc);
   m.def("voxelize", &voxelize_impl<double>, nb::arg("xyz"), nb::arg("voxel_size"), doc);
+  m.def("lzf_decompress", &lzf_decompress_impl, nb::arg("data"), nb::arg("out_size"),
+        "lzf_decompress(data uint8 (n,), out_size) -> uint8 (out_size,); raises ValueError on corrupt data.");
 }
 
 }  // namespace pcov

@@ -1,0 +1,652 @@
+"""Evaluation: label sets, mIoU / mAcc / coverage, confusion matrix, bar chart.
+
+A *label set* names the classes of a benchmark by label id, says which ids are not evaluated and
+which text prompts to use for each class (JSON files in ``data/labelsets``; see docs/eval.md).
+
+Metric rules (the same for the API and ``pc-ovseg eval``):
+- A ground-truth point is *evaluated* unless its id is negative, equals ``ignore_label``, is beyond
+  the class list, is in ``ignore_ids`` or is named ``"ignore"``.
+- A prediction is a *prediction* only if it names an evaluated class. ``-1``, unseen points (``seen``
+  False), ids beyond the class list and ignored ids mean "no prediction": the point counts as a
+  false negative of its ground-truth class and as a false positive of no class.
+- IoU_c = TP / (TP + FP + FN) and acc_c = TP / support_c, over evaluated points only.
+- mIoU and mAcc average over the classes *present in the ground truth* (support > 0). A class absent
+  from the ground truth is left out of the means even when it is predicted; its wrong predictions
+  still lower the IoU of the classes whose points they took (through FN).
+- coverage = evaluated points with a prediction / evaluated points.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from .errors import InputError
+
+IGNORE = "ignore"
+
+# --- label sets ---------------------------------------------------------------------------------
+
+_PKG_DIR = Path(__file__).resolve().parent
+# Installed wheels carry the files at pc_ovseg/labelsets (pyproject [tool.scikit-build]
+# wheel.packages); a source checkout has them at <repo>/data/labelsets.
+LABELSET_DIRS: tuple[Path, ...] = (_PKG_DIR / "labelsets", _PKG_DIR.parent / "data" / "labelsets")
+
+
+def _norm_name(name: str) -> str:
+    return "".join(ch for ch in name.lower() if ch.isalnum())
+
+
+@dataclass
+class LabelSet:
+    """Class names indexed by label id, with the prompts to query each class by.
+
+    ``class_names[i]`` is the name of label id ``i``; ``"ignore"`` (or an id in ``ignore_ids``)
+    marks ids that are not evaluated. ``raw_map`` maps a dataset's raw ids (NYU40 ids, SemanticKITTI
+    .label ids, ...) to these ids for :func:`remap_labels`.
+    """
+
+    name: str
+    class_names: list[str]
+    prompts: dict[str, list[str]] = field(default_factory=dict)
+    ignore_ids: tuple[int, ...] = ()
+    title: str = ""
+    description: str = ""
+    raw_map: dict[int, int] | None = None
+    raw_names: list[str] | None = None
+    source: str = ""
+    citation: str = ""
+    path: str | None = None
+
+    def __post_init__(self):
+        self.class_names = [str(n).strip() for n in self.class_names]
+        self.ignore_ids = tuple(sorted({int(i) for i in self.ignore_ids}))
+        for n in self.names:
+            self.prompts.setdefault(n, [n])
+        dup = {n for n in self.names if self.names.count(n) > 1}
+        if dup:
+            raise InputError(self.path, f"label set {self.name!r} repeats class names: {', '.join(sorted(dup))}")
+
+    @property
+    def ignored(self) -> np.ndarray:
+        """(C,) bool: ids of class_names that are not evaluated."""
+        ign = np.array([n.lower() == IGNORE for n in self.class_names], dtype=bool)
+        ids = [i for i in self.ignore_ids if 0 <= i < len(ign)]
+        ign[ids] = True
+        return ign
+
+    @property
+    def ids(self) -> np.ndarray:
+        """Label ids that are evaluated, ascending."""
+        return np.flatnonzero(~self.ignored)
+
+    @property
+    def names(self) -> list[str]:
+        """Names of the evaluated classes, in id order (the vocabulary to query with)."""
+        ign = self.ignored
+        return [n for n, i in zip(self.class_names, ign) if not i]
+
+    @property
+    def num_classes(self) -> int:
+        return int((~self.ignored).sum())
+
+    def prompt_lists(self) -> list[list[str]]:
+        """Prompts of each evaluated class, in the order of :attr:`names`."""
+        return [list(self.prompts[n]) for n in self.names]
+
+    def prompt_names(self) -> list[str]:
+        """One query text per evaluated class (its first prompt), in the order of :attr:`names`."""
+        return [self.prompts[n][0] if self.prompts[n] else n for n in self.names]
+
+    def flat_prompts(self) -> tuple[list[str], np.ndarray]:
+        """Every prompt of every evaluated class, and the class position (in :attr:`names`) of each.
+
+        Querying with all prompts and mapping the winning prompt back to its class lets a class be
+        found by any of its synonyms.
+        """
+        texts, owner = [], []
+        for k, n in enumerate(self.names):
+            for p in self.prompts[n] or [n]:
+                texts.append(p)
+                owner.append(k)
+        return texts, np.asarray(owner, dtype=np.int64)
+
+    def id_of(self, name: str) -> int | None:
+        """Label id of a class name (case, spaces and punctuation do not matter)."""
+        key = _norm_name(name)
+        for i, n in zip(self.ids, self.names):
+            if _norm_name(n) == key:
+                return int(i)
+        return None
+
+    def eval_names(self) -> list[str]:
+        """class_names with every non-evaluated id spelled ``"ignore"`` (the --classes convention)."""
+        ign = self.ignored
+        return [IGNORE if i else n for n, i in zip(self.class_names, ign)]
+
+    def to_dict(self) -> dict:
+        d = {"name": self.name, "title": self.title, "description": self.description,
+             "class_names": self.class_names, "ignore_ids": list(self.ignore_ids), "prompts": self.prompts,
+             "source": self.source, "citation": self.citation}
+        if self.raw_map is not None:
+            d["raw_map"] = {str(k): v for k, v in self.raw_map.items()}
+        if self.raw_names is not None:
+            d["raw_names"] = self.raw_names
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping, path: str | None = None) -> "LabelSet":
+        try:
+            names = d["class_names"]
+            if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or not names:
+                raise InputError(path, "'class_names' must be a non-empty list of strings")
+            raw_map = None
+            if d.get("raw_ids") is not None:
+                raw_ids = d["raw_ids"]
+                if len(raw_ids) != len(names):
+                    raise InputError(path, f"'raw_ids' has {len(raw_ids)} entries, 'class_names' {len(names)}")
+                raw_map = {int(r): i for i, r in enumerate(raw_ids)}
+            if d.get("raw_map") is not None:
+                raw_map = {**(raw_map or {}), **{int(k): int(v) for k, v in d["raw_map"].items()}}
+            prompts = {str(k): [str(p) for p in v] for k, v in (d.get("prompts") or {}).items()}
+            return cls(name=str(d.get("name") or Path(path or "custom").stem), class_names=list(names),
+                       prompts=prompts, ignore_ids=tuple(d.get("ignore_ids") or ()),
+                       title=str(d.get("title", "")), description=str(d.get("description", "")),
+                       raw_map=raw_map, raw_names=d.get("raw_names"), source=str(d.get("source", "")),
+                       citation=str(d.get("citation", "")), path=path)
+        except KeyError as exc:
+            raise InputError(path, f"label set has no {exc.args[0]!r} entry") from None
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise InputError(path, f"malformed label set ({exc})") from None
+
+    @classmethod
+    def from_names(cls, names: Sequence[str], name: str = "custom") -> "LabelSet":
+        return cls(name=name, class_names=list(names))
+
+
+def _labelset_files() -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for d in LABELSET_DIRS:
+        if d.is_dir():
+            for p in sorted(d.glob("*.json")):
+                found.setdefault(p.stem, p)
+    return found
+
+
+def list_labelsets() -> list[str]:
+    """Names of the bundled label sets (``scannet20``, ``asprs``, ...)."""
+    return sorted(_labelset_files())
+
+
+def _read_labelset_file(path: str | os.PathLike) -> LabelSet:
+    p = os.fspath(path)
+    if not os.path.isfile(p):
+        raise InputError(p, "no such label set file")
+    if p.lower().endswith(".txt"):  # one class name per line
+        with open(p, encoding="utf-8") as f:
+            names = [ln.strip() for ln in f if ln.strip() and not ln.lstrip().startswith("#")]
+        if not names:
+            raise InputError(p, "no class names in file")
+        ls = LabelSet.from_names(names, name=Path(p).stem)
+        ls.path = p
+        return ls
+    try:
+        with open(p, encoding="utf-8") as f:
+            d = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(p, f"not a JSON label set ({exc})") from None
+    if isinstance(d, list):  # a bare list of names
+        d = {"name": Path(p).stem, "class_names": d}
+    if not isinstance(d, dict):
+        raise InputError(p, "a label set must be a JSON object or a list of class names")
+    return LabelSet.from_dict(d, path=p)
+
+
+def load_labelset(name_or_path: str | os.PathLike) -> LabelSet:
+    """A bundled label set by name (``ScanNet-20``, ``scannet20``, ``asprs``) or a JSON/.txt file."""
+    s = os.fspath(name_or_path)
+    files = _labelset_files()
+    key = _norm_name(s)
+    for stem, p in files.items():
+        if _norm_name(stem) == key:
+            return _read_labelset_file(p)
+    if os.path.exists(s) or s.lower().endswith((".json", ".txt")):
+        return _read_labelset_file(s)
+    raise InputError(None, f"unknown label set {s!r} (bundled: {', '.join(sorted(files))})")
+
+
+def parse_classes(arg: "str | os.PathLike | Sequence[str] | LabelSet") -> LabelSet:
+    """What ``--classes``/``--labels`` accept: a label-set name, a JSON/.txt path, or "a,b,c".
+
+    In a comma list the position is the label id and ``ignore`` marks ids that are not evaluated.
+    """
+    if isinstance(arg, LabelSet):
+        return arg
+    if not isinstance(arg, (str, os.PathLike)):
+        return LabelSet.from_names([str(n) for n in arg])
+    s = os.fspath(arg).strip()
+    if not s:
+        raise InputError(None, "empty class list")
+    if "," not in s:  # a single word is a label set or a file; "chair," is a one-class list
+        try:
+            return load_labelset(s)
+        except InputError as exc:
+            if exc.path is None:
+                raise InputError(None, f"{exc.problem}; for a one-class list write {s + ','!r}") from None
+            raise
+    names = [n.strip() for n in (s[:-1] if s.endswith(",") else s).split(",")]
+    if any(not n for n in names):
+        raise InputError(None, f"empty class name in {s!r}")
+    return LabelSet.from_names(names)
+
+
+# --- label remapping ----------------------------------------------------------------------------
+
+def remap_labels(labels: np.ndarray, mapping: "Mapping[int, int] | Sequence[int] | LabelSet", *,
+                 default: int = -1) -> np.ndarray:
+    """Map raw ids to evaluation ids (NYU40 -> ScanNet-20, SemanticKITTI raw -> 19, ...).
+
+    ``mapping`` is a dict raw -> id, a sequence whose position is the raw id, or a LabelSet (its
+    ``raw_map``). Ids without an entry, and negative ids, become ``default``. Vectorised with a
+    lookup table, so it costs one gather per point.
+    """
+    if isinstance(mapping, LabelSet):
+        if mapping.raw_map is None:
+            raise InputError(mapping.path, f"label set {mapping.name!r} has no raw id mapping")
+        mapping = mapping.raw_map
+    if not isinstance(mapping, Mapping):
+        mapping = {i: int(v) for i, v in enumerate(mapping)}
+    lab = np.asarray(labels)
+    if lab.dtype.kind not in "iu":
+        lab = _as_int_labels(lab, None)
+    lab = lab.astype(np.int64, copy=False)
+    if not mapping:
+        return np.full(lab.shape, default, dtype=np.int32)
+    keys = np.fromiter(mapping.keys(), dtype=np.int64, count=len(mapping))
+    vals = np.fromiter(mapping.values(), dtype=np.int64, count=len(mapping))
+    out = np.full(lab.shape, default, dtype=np.int32)
+    if keys.min() >= 0 and keys.max() < (1 << 22):  # dense table: fast and small
+        table = np.full(int(keys.max()) + 1, default, dtype=np.int32)
+        table[keys] = vals
+        ok = (lab >= 0) & (lab < len(table))
+        out[ok] = table[lab[ok]]
+        return out
+    order = np.argsort(keys)
+    keys, vals = keys[order], vals[order]
+    pos = np.clip(np.searchsorted(keys, lab), 0, len(keys) - 1)
+    hit = keys[pos] == lab
+    out[hit] = vals[pos[hit]]
+    return out
+
+
+def _as_int_labels(a: np.ndarray, path) -> np.ndarray:
+    """Integer label ids from any numeric array (float label files hold whole numbers)."""
+    a = np.asarray(a)
+    if a.dtype.kind in "iu":
+        return a
+    if a.dtype.kind == "b":
+        return a.astype(np.int64)
+    if a.dtype.kind != "f":
+        raise InputError(path, f"labels must be numeric, got dtype {a.dtype}")
+    bad = ~np.isfinite(a)
+    r = np.rint(np.where(bad, -1, a))
+    if np.any(np.abs(r - np.where(bad, -1, a)) > 1e-3):
+        raise InputError(path, "labels must be whole numbers")
+    return r.astype(np.int64)
+
+
+# --- metrics ------------------------------------------------------------------------------------
+
+@dataclass
+class EvalResult:
+    """Per-class and mean scores over the evaluated classes (see the module docstring for rules)."""
+
+    class_names: list[str]          # evaluated classes, id order
+    class_ids: np.ndarray           # (K,) their label ids
+    confusion: np.ndarray           # (K, K) int64, rows = ground truth, cols = prediction
+    unpredicted: np.ndarray         # (K,) evaluated GT points with no prediction, per GT class
+    num_ignored: int                # points left out (ignored / out-of-range GT)
+
+    def __post_init__(self):
+        cm = self.confusion
+        self.tp = np.diag(cm).astype(np.int64)
+        self.support = cm.sum(1) + self.unpredicted
+        self.predicted = cm.sum(0)
+        fp = self.predicted - self.tp
+        fn = self.support - self.tp
+        with np.errstate(invalid="ignore", divide="ignore"):
+            denom = self.tp + fp + fn
+            self.iou = np.where(denom > 0, self.tp / np.maximum(denom, 1), np.nan)
+            self.acc = np.where(self.support > 0, self.tp / np.maximum(self.support, 1), np.nan)
+        self.present = self.support > 0
+
+    def __add__(self, other: "EvalResult") -> "EvalResult":
+        """Scores over two clouds together (a split = the sum of its scenes' confusion matrices)."""
+        if list(self.class_ids) != list(other.class_ids):
+            raise ValueError("cannot add results over different classes")
+        return EvalResult(list(self.class_names), self.class_ids.copy(), self.confusion + other.confusion,
+                          self.unpredicted + other.unpredicted, self.num_ignored + other.num_ignored)
+
+    @property
+    def num_points(self) -> int:
+        """Evaluated points."""
+        return int(self.support.sum())
+
+    @property
+    def miou(self) -> float:
+        return float(self.iou[self.present].mean()) if self.present.any() else math.nan
+
+    @property
+    def macc(self) -> float:
+        return float(self.acc[self.present].mean()) if self.present.any() else math.nan
+
+    @property
+    def oacc(self) -> float:
+        """Overall point accuracy."""
+        return float(self.tp.sum() / self.num_points) if self.num_points else math.nan
+
+    @property
+    def coverage(self) -> float:
+        n = self.num_points
+        return float(1.0 - self.unpredicted.sum() / n) if n else math.nan
+
+    def to_json(self) -> dict:
+        """Plain JSON types; NaN (undefined: class absent from GT) becomes null."""
+        def num(x):
+            x = float(x)
+            return None if math.isnan(x) else round(x, 6)
+        per_class = {
+            n: {"id": int(i), "iou": num(iou), "acc": num(acc), "support": int(s), "predicted": int(p),
+                "unpredicted": int(u)}
+            for n, i, iou, acc, s, p, u in zip(self.class_names, self.class_ids, self.iou, self.acc,
+                                               self.support, self.predicted, self.unpredicted)}
+        return {"miou": num(self.miou), "macc": num(self.macc), "oacc": num(self.oacc),
+                "coverage": num(self.coverage), "num_points": self.num_points,
+                "num_ignored": int(self.num_ignored), "num_classes_present": int(self.present.sum()),
+                "per_class": per_class, "class_names": list(self.class_names),
+                "class_ids": [int(i) for i in self.class_ids], "confusion": self.confusion.tolist()}
+
+
+def evaluate(pred, gt, class_names: "Sequence[str] | LabelSet", *, ignore_ids: Sequence[int] = (),
+             ignore_label: int = -1, seen: np.ndarray | None = None) -> EvalResult:
+    """Score per-point predictions against ground truth; both are label ids of ``class_names``.
+
+    ``seen`` (bool per point) marks points that some view saw; the others count as no prediction.
+    One bincount over the evaluated points builds the confusion matrix, so 10M points take well
+    under a second.
+    """
+    ls = parse_classes(class_names)
+    ignored = ls.ignored.copy()
+    extra = [int(i) for i in ignore_ids]
+    ignored[[i for i in extra if 0 <= i < len(ignored)]] = True
+    C = len(ignored)
+    gt = _as_int_labels(np.asarray(gt).reshape(-1) if np.ndim(gt) else np.asarray(gt), None)
+    pred = _as_int_labels(np.asarray(pred).reshape(-1) if np.ndim(pred) else np.asarray(pred), None)
+    if gt.ndim != 1 or pred.ndim != 1:
+        raise InputError(None, "labels must be one value per point")
+    if len(gt) != len(pred):
+        raise InputError(None, f"prediction has {len(pred)} points, ground truth {len(gt)}")
+    if gt.dtype not in (np.int32, np.int64):  # clip() below needs a signed type that holds C
+        gt = gt.astype(np.int64)
+    if pred.dtype not in (np.int32, np.int64):
+        pred = pred.astype(np.int64)
+    # Lookup tables over ids -1..C (clipped): GT id -> row offset or -1, prediction -> column with
+    # C meaning "no prediction". Two gathers and one bincount; no per-class loops.
+    ar = np.arange(C, dtype=np.int64)
+    row_of = np.concatenate([[-1], np.where(ignored, -1, ar * (C + 1)), [-1]])
+    col_of = np.concatenate([[C], np.where(ignored, C, ar), [C]])
+    gt_c = np.clip(gt, -1, C)
+    if -1 <= ignore_label < C:
+        row_of[ignore_label + 1] = -1
+    row = row_of[gt_c + 1]
+    if ignore_label >= C or ignore_label < -1:  # outside the table: mask it explicitly
+        row[gt == ignore_label] = -1
+    col = col_of[np.clip(pred, -1, C) + 1]
+    if seen is not None:
+        seen = np.asarray(seen).reshape(-1)
+        if len(seen) != len(gt):
+            raise InputError(None, f"seen mask has {len(seen)} points, ground truth {len(gt)}")
+        col[~seen.astype(bool, copy=False)] = C
+    valid = row >= 0
+    n_valid = int(np.count_nonzero(valid))
+    cm = np.bincount(row[valid] + col[valid], minlength=C * (C + 1)).reshape(C, C + 1)
+    ev = np.flatnonzero(~ignored)
+    return EvalResult(class_names=[ls.class_names[i] for i in ev], class_ids=ev,
+                      confusion=cm[np.ix_(ev, ev)].astype(np.int64), unpredicted=cm[ev, C].astype(np.int64),
+                      num_ignored=int(len(gt) - n_valid))
+
+
+# --- reading per-point labels -------------------------------------------------------------------
+
+LABEL_FILE_EXTS = (".npy", ".label", ".txt")
+# Per-point fields tried, in order, when none is named: PLY 'label', LAS 'classification', ...
+LABEL_FIELDS = ("label", "labels", "classification", "class", "semantic", "semantic_label", "scalar_label",
+                "category_id", "pred", "prediction")
+
+
+def read_point_labels(path: str | os.PathLike, field: str | None = None) -> np.ndarray:
+    """One integer label per point from a label file (.npy/.label/.txt) or a cloud's field.
+
+    Clouds and label files are read by pc_ovseg.io (read_cloud / read_labels). ``field`` names the
+    per-point field of a cloud (``label`` in PLY, ``classification`` in LAS); by default the first
+    of LABEL_FIELDS the cloud has.
+    """
+    from .errors import check_input_path
+    p = check_input_path(path)
+    ext = Path(p).suffix.lower()
+    if ext in LABEL_FILE_EXTS and field is None:
+        labels = _read_label_file(p)
+    else:
+        fields = _read_cloud_fields(p)
+        if field is None:
+            field = next((f for f in LABEL_FIELDS if f in fields), None) or \
+                next((f for f in fields if f.lower() in LABEL_FIELDS), None)
+            if field is None:
+                raise InputError(p, f"no label field (looked for {', '.join(LABEL_FIELDS[:3])}, ...); "
+                                    f"fields: {', '.join(fields) or 'none'}; name one with --gt-field/--pred-field")
+        elif field not in fields:
+            match = [f for f in fields if f.lower() == field.lower()]
+            if not match:
+                raise InputError(p, f"no field {field!r}; fields: {', '.join(fields) or 'none'}")
+            field = match[0]
+        labels = np.asarray(fields[field])
+    labels = np.asarray(labels)
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.ndim != 1:
+        raise InputError(p, f"labels have shape {labels.shape}, expected one value per point")
+    return _as_int_labels(labels, p)
+
+
+def _read_label_file(p: str) -> np.ndarray:
+    from .io import read_labels
+    return np.asarray(read_labels(p))
+
+
+def _read_cloud_fields(p: str) -> dict[str, np.ndarray]:
+    """Per-point fields of a cloud file, as pc_ovseg.io names them (LAS 'classification', ...)."""
+    from .io import read_cloud
+    return dict(read_cloud(p).fields)
+
+
+def _is_feature_cloud(path: str) -> bool:
+    return Path(path).suffix.lower() == ".npz"
+
+
+def predict_feature_cloud(path: str | os.PathLike, vocab: LabelSet) -> tuple[np.ndarray, np.ndarray]:
+    """Query a FeatureCloud .npz with ``vocab``: (positions in ``vocab.names``, -1 = none; seen mask).
+
+    Queries go through pc_ovseg.query.QueryEngine, the path ``pc-ovseg query`` takes. Text-encoder
+    features are queried with every prompt of every class (the best prompt wins, then maps to its
+    class); label-space features (one-hot, ``class_names`` set) with the class names themselves.
+    Points no view saw come back as -1.
+    """
+    from .data import FeatureCloud
+    from .query import QueryEngine  # heavy (text encoders): only when a feature file is evaluated
+    fc = FeatureCloud.load(path)
+    if fc.class_names:
+        texts, owner = list(vocab.names), np.arange(vocab.num_classes)
+    else:
+        texts, owner = vocab.flat_prompts()
+    out = QueryEngine(fc).labels(texts)
+    idx = getattr(out, "labels", out[0] if isinstance(out, tuple) else out)
+    idx = _as_int_labels(np.asarray(idx).reshape(-1), path).astype(np.int64)
+    if len(idx) != len(fc.weight):
+        raise InputError(path, f"query returned {len(idx)} labels for {len(fc.weight)} points")
+    ok = (idx >= 0) & (idx < len(texts))
+    return np.where(ok, owner[np.clip(idx, 0, len(texts) - 1)], -1), np.asarray(fc.seen, dtype=bool)
+
+
+def _vocab_positions_to_ids(pos: np.ndarray, vocab: LabelSet, cls: LabelSet) -> np.ndarray:
+    """Positions in ``vocab.names`` (what a query writes) -> label ids of ``cls``, matched by name."""
+    if cls is vocab:
+        table = np.append(vocab.ids, -1).astype(np.int64)
+    else:
+        table = np.array([-1 if j is None else j for j in map(cls.id_of, vocab.names)] + [-1], dtype=np.int64)
+    pos = pos.astype(np.int64, copy=False)
+    ok = (pos >= 0) & (pos < vocab.num_classes)
+    return np.where(ok, table[np.where(ok, pos, vocab.num_classes)], -1)
+
+
+def evaluate_files(pred: str | os.PathLike, gt: str | os.PathLike, classes=None, *, labels=None,
+                   pred_field: str | None = None, gt_field: str | None = None, ignore_ids: Sequence[int] = (),
+                   remap_gt: bool = False, remap_pred: bool = False) -> tuple[EvalResult, LabelSet]:
+    """``pc-ovseg eval``: read PRED and GT (clouds, label files, or a FeatureCloud .npz) and score.
+
+    ``classes`` (anything :func:`parse_classes` takes) names the GT label ids. ``labels`` is the
+    vocabulary that made the prediction: a FeatureCloud PRED is queried with it (default: its own
+    class names), and a PRED file then holds positions in it (as ``pc-ovseg query/run --labels``
+    write them). Vocabulary answers are matched to ``classes`` by name. ``remap_*`` maps raw
+    dataset ids through the label set's raw ids.
+    """
+    pred, gt = os.fspath(pred), os.fspath(gt)
+    gt_labels = read_point_labels(gt, gt_field)
+    seen = None
+    vocab = parse_classes(labels) if labels is not None else None
+    if _is_feature_cloud(pred) and pred_field is None:
+        if vocab is None and classes is None:
+            from .data import FeatureCloud
+            names = FeatureCloud.load(pred).class_names
+            if not names:
+                raise InputError(pred, "feature file has no class names: give --labels or --classes")
+            vocab = LabelSet.from_names(names)
+        vocab = vocab or parse_classes(classes)
+        cls = parse_classes(classes) if classes is not None else vocab
+        pos, seen = predict_feature_cloud(pred, vocab)
+        pred_labels = _vocab_positions_to_ids(pos, vocab, cls)
+    else:
+        if classes is None and vocab is None:
+            raise InputError(None, "--classes is required: a label set name (e.g. scannet20), a JSON file, "
+                                   "or comma-separated class names indexed by label id")
+        cls = parse_classes(classes) if classes is not None else vocab
+        pred_labels = read_point_labels(pred, pred_field)
+        if remap_pred:
+            pred_labels = remap_labels(pred_labels, cls)
+        if vocab is not None:
+            pred_labels = _vocab_positions_to_ids(pred_labels, vocab, cls)
+    if remap_gt:
+        gt_labels = remap_labels(gt_labels, cls)
+    if len(pred_labels) != len(gt_labels):
+        raise InputError(pred, f"has {len(pred_labels)} points but the ground truth {gt} has {len(gt_labels)}")
+    return evaluate(pred_labels, gt_labels, cls, ignore_ids=ignore_ids, seen=seen), cls
+
+
+# --- presentation -------------------------------------------------------------------------------
+
+def format_table(result: EvalResult, *, all_classes: bool = False) -> str:
+    """Per-class table for the terminal; classes absent from GT and predictions are hidden."""
+    rows = []
+    w = max([len("class")] + [len(n) for n in result.class_names])
+    rows.append(f"{'class':<{w}}  {'IoU':>6}  {'acc':>6}  {'support':>9}  {'predicted':>9}")
+    for n, iou, acc, s, p in zip(result.class_names, result.iou, result.acc, result.support, result.predicted):
+        if not all_classes and s == 0 and p == 0:
+            continue
+        f = (lambda x: "     -" if math.isnan(x) else f"{x:6.3f}")
+        rows.append(f"{n:<{w}}  {f(iou)}  {f(acc)}  {s:>9d}  {p:>9d}")
+    rows.append("-" * len(rows[0]))
+    fm = (lambda x: "-" if math.isnan(x) else f"{x:.4f}")
+    rows.append(f"mIoU {fm(result.miou)}  mAcc {fm(result.macc)}  oAcc {fm(result.oacc)}  "
+                f"coverage {fm(result.coverage)}  ({int(result.present.sum())} classes present, "
+                f"{result.num_points} points evaluated, {result.num_ignored} ignored)")
+    return "\n".join(rows)
+
+
+CHART_WIDTH = 800
+CHART_ROW = 20
+CHART_HEADER = 48
+CHART_FOOTER = 28
+
+
+def _chart_rows(result: EvalResult, only_present: bool) -> list[int]:
+    keep = (result.support > 0) | (result.predicted > 0) if only_present else np.ones(len(result.iou), bool)
+    return [int(i) for i in np.flatnonzero(keep)]
+
+
+def chart_size(result: EvalResult, *, width: int = CHART_WIDTH, only_present: bool = True) -> tuple[int, int]:
+    """(width, height) of :func:`save_bar_chart`'s image: one row per class shown."""
+    n = max(1, len(_chart_rows(result, only_present)))
+    return width, CHART_HEADER + n * CHART_ROW + CHART_FOOTER
+
+
+def _font(size: int):
+    from PIL import ImageFont
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: bitmap font only
+        return ImageFont.load_default()
+
+
+def save_bar_chart(result: EvalResult, path: str | os.PathLike, *, width: int = CHART_WIDTH,
+                   only_present: bool = True, title: str | None = None) -> tuple[int, int]:
+    """Horizontal per-class IoU bars (PNG, drawn with Pillow); returns the image size.
+
+    Classes absent from the ground truth but predicted are drawn as a grey "n/a" row; with
+    ``only_present`` classes neither present nor predicted are left out. The dashed line is mIoU.
+    """
+    from PIL import Image, ImageDraw
+    rows = _chart_rows(result, only_present)
+    W, H = chart_size(result, width=width, only_present=only_present)
+    img = Image.new("RGB", (W, H), "white")
+    d = ImageDraw.Draw(img)
+    font, small = _font(13), _font(11)
+    label_w = min(W // 3, 12 + 7 * max([len(result.class_names[i]) for i in rows] + [4]))
+    x0, x1 = label_w + 8, W - 70
+    fm = (lambda x: "n/a" if math.isnan(x) else f"{x:.3f}")
+    head = title or "per-class IoU"
+    d.text((8, 6), head, fill="black", font=font)
+    d.text((8, 24), f"mIoU {fm(result.miou)}   mAcc {fm(result.macc)}   coverage {fm(result.coverage)}   "
+                    f"({int(result.present.sum())} classes in ground truth)", fill=(60, 60, 60), font=small)
+    y_end = CHART_HEADER + max(1, len(rows)) * CHART_ROW
+    for t in (0.0, 0.25, 0.5, 0.75, 1.0):  # grid first, bars over it
+        x = x0 + int(round(t * (x1 - x0)))
+        d.line([x, CHART_HEADER - 2, x, y_end], fill=(215, 215, 215))
+        d.text((x - 10, y_end + 6), f"{t:.2f}", fill=(90, 90, 90), font=small)
+    y = CHART_HEADER
+    for i in rows:
+        name, iou = result.class_names[i], float(result.iou[i])
+        d.text((8, y + 3), name[: max(4, label_w // 7)], fill="black", font=small)
+        d.rectangle([x0, y + 3, x1, y + CHART_ROW - 3], outline=(225, 225, 225))
+        if result.present[i]:
+            t = 0.0 if math.isnan(iou) else iou
+            color = (int(220 * (1 - t)) + 20, int(180 * t) + 40, 60)
+            if t > 0:
+                d.rectangle([x0, y + 3, x0 + int(round(t * (x1 - x0))), y + CHART_ROW - 3], fill=color)
+            d.text((x1 + 6, y + 3), fm(iou), fill="black", font=small)
+        else:
+            d.text((x1 + 6, y + 3), "n/a", fill=(150, 150, 150), font=small)
+        y += CHART_ROW
+    if not math.isnan(result.miou):
+        x = x0 + int(round(result.miou * (x1 - x0)))
+        for yy in range(CHART_HEADER - 2, y_end, 6):
+            d.line([x, yy, x, min(yy + 3, y_end)], fill=(30, 30, 200), width=2)
+    img.save(os.fspath(path), format="PNG")
+    return W, H
+
+
+__all__ = ["LabelSet", "load_labelset", "list_labelsets", "parse_classes", "remap_labels", "evaluate",
+           "read_point_labels", "evaluate_files", "EvalResult", "format_table", "save_bar_chart", "chart_size", "LABELSET_DIRS"]

@@ -1,0 +1,182 @@
+"""Fusion: per-view 2D features -> one feature per point.
+
+Two streaming passes over views, so memory is the fused result plus a constant:
+  1. ``Visibility`` per view (point ids, pixels, geometric weights; small, cached on disk) and
+     per-point weight totals per granularity;
+  2. features sampled at the visible pixels, accumulated as a running weighted mean into an fp16
+     (N, D) array in the native extension.
+Balancing ("sample-balanced", as in OpenUrban3D): every granularity that saw a point gets the
+same total weight, so a point seen in 40 close-ups and one overview is not decided by the
+close-ups alone.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable
+
+import numpy as np
+
+from . import native
+from .data import FeatureCloud, PointCloud, View, ViewFeatures
+
+
+@dataclass
+class FusionConfig:
+    """Weights of one (point, view) observation; all on by default, each can be switched off."""
+
+    angle: bool = True            # |cos| between the point normal and the viewing ray
+    distance: bool = True         # closer observations see more detail: 1 / (1 + z / median z)
+    depth_agreement: bool = True  # exp(-(dz / sigma)^2), sigma = depth_sigma_rel * z + 1 cm
+    depth_sigma_rel: float = 0.05
+    border: float = 0.05          # weight ramps from 0.25 to 1 over this fraction of the image edge
+    balance: str = "granularity"  # "granularity" (sample-balanced) or "none" (plain weighted mean)
+    smoothing: float = 0.0        # 0 = off; else blend with the kNN mean of fused features
+    smoothing_k: int = 8
+
+
+@dataclass
+class Visibility:
+    """What fusion keeps of a view: which points it saw, where, and how much to trust each."""
+
+    name: str
+    granularity: str
+    point_ids: np.ndarray   # (M,) int64
+    pixels: np.ndarray      # (M, 2) int32 (row, col)
+    weights: np.ndarray     # (M,) float32
+    image_hw: tuple[int, int] = (0, 0)
+
+    def save(self, path) -> None:
+        np.savez(path, point_ids=self.point_ids, pixels=self.pixels, weights=self.weights,
+                 meta=np.array([self.name, self.granularity, str(self.image_hw[0]), str(self.image_hw[1])]))
+
+    @classmethod
+    def load(cls, path) -> "Visibility":
+        z = np.load(path, allow_pickle=False)
+        name, gran, h, w = (str(s) for s in z["meta"])
+        return cls(name, gran, z["point_ids"], z["pixels"], z["weights"], (int(h), int(w)))
+
+
+def view_visibility(view: View, cloud: PointCloud, cfg: FusionConfig | None = None) -> Visibility:
+    """Geometric weight of each visible point of ``view`` (visibility itself was decided by views)."""
+    cfg = cfg or FusionConfig()
+    ids = np.asarray(view.point_ids, np.int64)
+    pix = np.asarray(view.pixels, np.int32)
+    w = np.ones(len(ids), np.float32)
+    if len(ids):
+        cam = view.camera
+        xyz = cloud.xyz[ids].astype(np.float64)
+        _, z = cam.project(xyz)
+        z = np.maximum(z, 1e-6)
+        if cfg.angle and cloud.normals is not None:
+            ray = xyz - cam.center
+            ray /= np.maximum(np.linalg.norm(ray, axis=1, keepdims=True), 1e-9)
+            cos = np.abs(np.sum(ray * cloud.normals[ids], axis=1))
+            w *= np.clip(cos, 0.1, 1.0).astype(np.float32)
+        if cfg.distance:
+            w *= (1.0 / (1.0 + z / max(np.median(z), 1e-6))).astype(np.float32) * 2.0
+        if cfg.depth_agreement and view.depth is not None and view.depth.size:
+            d = view.depth[pix[:, 0], pix[:, 1]].astype(np.float64)
+            ok = d > 0
+            sigma = cfg.depth_sigma_rel * z + 0.01
+            dz = np.where(ok, (d - z) / sigma, 0.0)
+            w *= np.exp(-np.minimum(dz * dz, 50.0)).astype(np.float32)
+        if cfg.border > 0:
+            H, W = view.hw
+            edge = np.minimum.reduce([pix[:, 0], pix[:, 1], H - 1 - pix[:, 0], W - 1 - pix[:, 1]]).astype(np.float32)
+            ramp = cfg.border * min(H, W)
+            w *= 0.25 + 0.75 * np.clip(edge / max(ramp, 1.0), 0.0, 1.0)
+    return Visibility(view.name, view.granularity, ids, pix, w.astype(np.float32), view.hw)
+
+
+class FeatureFusion:
+    """Streaming, memory-bounded fusion of view features onto ``num_points`` points.
+
+    Call ``add_weights`` for every view first (pass 1), then ``add`` for every view (pass 2),
+    then ``result``. With ``balance="none"`` pass 1 may be skipped.
+    """
+
+    def __init__(self, num_points: int, dim: int, cfg: FusionConfig | None = None):
+        self.cfg = cfg or FusionConfig()
+        self.n, self.dim = int(num_points), int(dim)
+        self.acc = np.zeros((self.n, self.dim), np.float16)
+        self.wsum = np.zeros(self.n, np.float32)
+        self.count = np.zeros(self.n, np.uint16)
+        self.groups: dict[str, int] = {}
+        self.totals = np.zeros((self.n, 0), np.float32)
+
+    def _group(self, name: str) -> int:
+        if name not in self.groups:
+            self.groups[name] = len(self.groups)
+            self.totals = np.ascontiguousarray(np.pad(self.totals, ((0, 0), (0, 1))))
+        return self.groups[name]
+
+    def add_weights(self, vis: Visibility) -> None:
+        if self.cfg.balance == "none":
+            return
+        g = self._group(vis.granularity)
+        native.fuse_add_weights(self.totals, vis.point_ids, vis.weights, g)
+
+    def balanced_weights(self, vis: Visibility) -> np.ndarray:
+        if self.cfg.balance == "none" or self.totals.shape[1] == 0:
+            return vis.weights
+        g = self.groups[vis.granularity]
+        tot = self.totals[vis.point_ids]
+        n_groups = np.maximum((tot > 0).sum(1), 1)
+        return (vis.weights / np.maximum(tot[:, g], 1e-12) / n_groups).astype(np.float32)
+
+    def add(self, vis: Visibility, feats: ViewFeatures) -> None:
+        if feats.dim != self.dim:
+            raise ValueError(f"view {vis.name}: feature dim {feats.dim} != {self.dim}")
+        if len(vis.point_ids) == 0:
+            return
+        f = feats.sample(vis.pixels)
+        w = self.balanced_weights(vis)
+        w = np.where(np.any(f != 0, axis=1), w, 0.0).astype(np.float32)  # no feature, no vote
+        native.fuse_accumulate(self.acc, self.wsum, self.count, vis.point_ids, f, w)
+
+    def result(self, cloud: PointCloud, *, encoder: str = "", class_names=None, meta=None) -> FeatureCloud:
+        native.normalize_rows_half(self.acc)
+        weight = self.wsum.copy()
+        if self.cfg.balance != "none" and self.totals.shape[1]:
+            weight = self.totals.sum(1) * (self.wsum > 0)  # confidence = geometric evidence
+        fc = FeatureCloud(cloud, self.acc, weight.astype(np.float32), self.count, encoder, class_names,
+                          dict(meta or {}, fusion=vars(self.cfg).copy()))
+        if self.cfg.smoothing > 0:
+            smooth_features(fc, self.cfg.smoothing, self.cfg.smoothing_k)
+        return fc
+
+
+def fuse(cloud: PointCloud, items: Iterable[tuple[Visibility, ViewFeatures]], dim: int, *,
+         cfg: FusionConfig | None = None, encoder: str = "", class_names=None) -> FeatureCloud:
+    """Convenience for in-memory inputs (the pipeline streams from its cache instead)."""
+    items = list(items)
+    fusion = FeatureFusion(len(cloud), dim, cfg)
+    for vis, _ in items:
+        fusion.add_weights(vis)
+    for vis, feats in items:
+        fusion.add(vis, feats)
+    return fusion.result(cloud, encoder=encoder, class_names=class_names)
+
+
+def smooth_features(fc: FeatureCloud, strength: float = 0.5, k: int = 8, chunk: int = 200_000) -> None:
+    """Blend each seen point's feature with the mean of its k nearest seen neighbours (in place).
+
+    A cheap geometric prior (GeoPurify/GGSD-style): neighbouring surface points should agree.
+    Unseen points stay unseen.
+    """
+    from scipy.spatial import cKDTree
+
+    seen = np.flatnonzero(fc.seen)
+    if len(seen) <= k:
+        return
+    xyz = fc.cloud.xyz[seen]
+    tree = cKDTree(xyz)
+    feats = fc.features[seen]
+    out = np.empty_like(feats)
+    for s in range(0, len(seen), chunk):
+        _, nn = tree.query(xyz[s:s + chunk], k=k + 1, workers=-1)
+        mean = feats[nn[:, 1:]].astype(np.float32).mean(1)
+        mixed = (1 - strength) * feats[s:s + chunk].astype(np.float32) + strength * mean
+        mixed /= np.maximum(np.linalg.norm(mixed, axis=1, keepdims=True), 1e-8)
+        out[s:s + chunk] = mixed.astype(np.float16)
+    fc.features[seen] = out

@@ -1,0 +1,130 @@
+"""Shared reader plumbing: the reader registry, path checks and cloud validation.
+
+Readers register themselves by extension (files) or by a probe (folders, JSON files), so
+``pc_ovseg.io.read`` is a table lookup and adding a format is one decorated function.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from ..data import PointCloud
+from ..errors import InputError
+
+# Absolute coordinates above this (metres) are moved to a float64 origin: float32 has an ulp
+# of 0.49 mm at 4096 m, so below it millimetre precision is kept without an offset.
+ORIGIN_THRESHOLD = 4096.0
+
+
+@dataclass(frozen=True)
+class Reader:
+    """One input format: ``read(path, layout)`` returns a PointCloud, Mesh or FrameSequence."""
+
+    name: str
+    kind: str                                   # "cloud", "mesh", "cloud|mesh" or "frames"
+    read: Callable
+    probe: Callable[[str], bool] | None = None  # for folders / JSON: does this path match?
+
+
+FILE_READERS: dict[str, Reader] = {}   # ".ext" -> reader
+FOLDER_READERS: list[Reader] = []      # probed in order
+JSON_READERS: list[Reader] = []        # probed in order (a .json file holds frames)
+
+
+def register(name: str, kind: str, *, exts: tuple[str, ...] = (), folder_probe=None, json_probe=None):
+    """Register ``fn(path, layout)`` for extensions, or as a folder / JSON layout with a probe."""
+    def deco(fn):
+        for e in exts:
+            FILE_READERS[e.lower()] = Reader(name, kind, fn)
+        if folder_probe is not None:
+            FOLDER_READERS.append(Reader(name, kind, fn, folder_probe))
+        if json_probe is not None:
+            JSON_READERS.append(Reader(name, kind, fn, json_probe))
+        return fn
+    return deco
+
+
+def extension(path: str) -> str:
+    name = os.path.basename(path).lower()
+    return os.path.splitext(name)[1]
+
+
+def check_file(path) -> str:
+    """Existing, non-empty regular file, else an InputError naming it."""
+    p = os.fspath(path)
+    if not os.path.exists(p):
+        raise InputError(p, "no such file or directory")
+    if os.path.isdir(p):
+        raise InputError(p, "is a directory, expected a file")
+    if not os.path.isfile(p):
+        raise InputError(p, "is not a regular file")
+    if os.path.getsize(p) == 0:
+        raise InputError(p, "file is empty")
+    return p
+
+
+def read_bytes(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise InputError(path, f"cannot read: {exc.strerror or exc}") from None
+
+
+def choose_origin(xyz: np.ndarray) -> np.ndarray:
+    """A float64 origin (whole metres, bounding-box centre) when coordinates are too large for float32."""
+    finite = xyz[np.isfinite(xyz).all(1)] if len(xyz) else xyz
+    if not len(finite) or np.abs(finite).max() < ORIGIN_THRESHOLD:
+        return np.zeros(3)
+    lo, hi = finite.min(0).astype(np.float64), finite.max(0).astype(np.float64)
+    return np.round((lo + hi) / 2.0)
+
+
+def make_cloud(path: str, xyz: np.ndarray, *, rgb=None, normals=None, fields=None, origin=None,
+               grid_shape=None, relative: bool = False) -> PointCloud:
+    """Validate and build a PointCloud: non-empty; finite unless organised; origin for big coordinates.
+
+    ``relative=True`` means ``xyz`` is already relative to the given ``origin``.
+    Organised clouds (``grid_shape`` set) keep their NaN points so the (H, W) grid stays intact;
+    unorganised clouds with NaN/Inf coordinates are rejected (they are corrupt, not sparse).
+    """
+    n = len(xyz)
+    if n == 0:
+        raise InputError(path, "contains no points")
+    finite = np.isfinite(xyz).all(1)
+    if grid_shape is None and not finite.all():
+        raise InputError(path, f"{int((~finite).sum())} of {n} points have NaN/Inf coordinates")
+    if grid_shape is not None and not finite.any():
+        raise InputError(path, "organised cloud has no valid (finite) point")
+    if origin is None:
+        origin = choose_origin(xyz) if xyz.dtype == np.float64 else np.zeros(3)
+    origin = np.asarray(origin, np.float64)
+    local = (xyz.astype(np.float64) - origin) if origin.any() and not relative else xyz
+    try:
+        return PointCloud(local, rgb, normals, dict(fields or {}), origin, grid_shape=grid_shape,
+                          source=path)
+    except ValueError as exc:
+        raise InputError(path, str(exc)) from None
+
+
+def rgb_from_packed(v: np.ndarray) -> np.ndarray:
+    """PCL-style packed 0x00RRGGBB (uint32 or float32 bits) -> (N, 3) uint8."""
+    u = np.ascontiguousarray(v).view(np.uint32) if v.dtype.itemsize == 4 else v.astype(np.uint32)
+    return np.stack([(u >> 16) & 255, (u >> 8) & 255, u & 255], 1).astype(np.uint8)
+
+
+def count_summary(values: np.ndarray) -> dict[str, int]:
+    """{value: count} of an integer array, sorted by value (keys are strings for JSON)."""
+    v = np.asarray(values).reshape(-1)
+    if v.dtype.kind == "f":
+        v = v[np.isfinite(v)]
+        if len(v) and not np.all(v == np.round(v)):
+            return {}
+        v = v.astype(np.int64)
+    if v.dtype.kind not in "iub" or not len(v):
+        return {}
+    u, c = np.unique(v, return_counts=True)
+    return {str(int(a)): int(b) for a, b in zip(u, c)}

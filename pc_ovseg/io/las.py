@@ -1,0 +1,114 @@
+"""LAS/LAZ through laspy (LAZ via lazrs): classification, intensity, returns and every
+other dimension as fields; 16-bit RGB -> uint8; scaled integer coordinates -> float64 world
+-> float32 relative to an origin when they are large: the file's offset when it lies within
+4 km of every point (then local = X * scale, one rounding), else whole metres at the centre.
+
+The writer picks LAS 1.4 point format 6 (7 with RGB) so classification is a full byte, and an
+offset at the cloud's origin with a 1 mm scale, so coordinates keep millimetre precision.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from ..data import PointCloud
+from ..errors import InputError
+from ._common import ORIGIN_THRESHOLD, check_file, choose_origin, make_cloud, register
+
+_SKIP = {"X", "Y", "Z", "red", "green", "blue"}
+
+
+def read_las(path: str, layout=None) -> PointCloud:
+    import laspy
+    path = check_file(path)
+    try:
+        las = laspy.read(path)
+        dims = list(las.point_format.dimension_names)
+        ints = np.stack([np.asarray(las[a], np.float64) for a in ("X", "Y", "Z")], 1)
+        scale, offset = np.asarray(las.header.scales, np.float64), np.asarray(las.header.offsets, np.float64)
+        fields = {}
+        for d in dims:
+            if d in _SKIP:
+                continue
+            a = np.asarray(las[d])
+            if d in ("classification", "intensity", "return_number", "number_of_returns", "gps_time") \
+                    or a.any():  # keep the informative dims; all-zero flag bits are noise
+                fields[d] = np.ascontiguousarray(a)
+        rgb = None
+        if {"red", "green", "blue"} <= set(dims):
+            c = np.stack([np.asarray(las[a]) for a in ("red", "green", "blue")], 1)
+            # LAS says 16-bit; many writers store 8-bit values. Scale only when 16-bit is used.
+            rgb = (c >> 8).astype(np.uint8) if c.max(initial=0) > 255 else c.astype(np.uint8)
+    except InputError:
+        raise
+    except Exception as exc:  # laspy raises LaspyException, ValueError, struct errors, ...
+        raise InputError(path, f"malformed LAS/LAZ ({type(exc).__name__}: {exc})") from None
+    if len(ints) == 0:
+        raise InputError(path, "contains no points")
+    if not (np.isfinite(scale).all() and (scale > 0).all() and np.isfinite(offset).all()):
+        raise InputError(path, f"invalid LAS scale {scale.tolist()} / offset {offset.tolist()}")
+    # local = X * scale + (offset - origin): one rounding, so a LAS written at offset == origin
+    # (write_las) reads back bit-exact
+    corners = np.array([ints.min(0), ints.max(0)]) * scale + offset
+    origin = choose_origin(corners)
+    if origin.any() and np.abs(corners - offset).max() < ORIGIN_THRESHOLD:
+        origin = offset.copy()  # the writer's offset is near the data: use it, stay exact
+    local = ints * scale + (offset - origin)
+    return make_cloud(path, local, rgb=rgb, fields=fields, origin=origin, relative=True)
+
+
+register("las", "cloud", exts=(".las", ".laz"))(read_las)
+
+
+def write_las(path, cloud: PointCloud, *, labels=None, scores=None, colors=None, extra=None,
+              scale=0.001, offset=None) -> None:
+    """LAS 1.4 (LAZ when the name ends in .laz): classification from ``labels`` (0..255),
+    RGB, and fields named like LAS dimensions (intensity, ...); others become extra bytes.
+
+    Coordinates are stored as integers ``round((world - offset) / scale)``; by default the
+    offset is the cloud's origin and the scale 1 mm. Pass a source file's scale/offset to keep
+    its quantisation exactly.
+    """
+    import laspy
+    path = os.fspath(path)
+    rgb = cloud.rgb if colors is None else PointCloud(cloud.xyz, colors).rgb
+    header = laspy.LasHeader(point_format=7 if rgb is not None else 6, version="1.4")
+    scales = np.broadcast_to(np.asarray(scale, np.float64), (3,)).copy()
+    offsets = cloud.origin.copy() if offset is None else np.asarray(offset, np.float64).reshape(3)
+    if not (scales > 0).all():
+        raise ValueError(f"LAS scale must be > 0, got {scales.tolist()}")
+    header.offsets = offsets
+    header.scales = scales
+    las = laspy.LasData(header)
+    fields = dict(cloud.fields)
+    if labels is not None:
+        fields["classification"] = np.asarray(labels)
+    if scores is not None:
+        fields["score"] = np.asarray(scores, np.float32)
+    fields.update(extra or {})
+    # integers from the local values: with offset == origin the origin never enters the sum
+    ints = np.round((cloud.xyz.astype(np.float64) + (cloud.origin - offsets)) / scales)
+    if len(ints) and np.abs(ints).max() >= 2 ** 31:
+        raise ValueError(f"coordinates exceed the LAS range at scale {scales.tolist()}; use a larger scale")
+    las.X, las.Y, las.Z = (ints[:, i].astype(np.int32) for i in range(3))
+    if rgb is not None:
+        c = rgb.astype(np.uint16) * 257  # 8-bit -> full 16-bit range, >> 8 gives it back exactly
+        las.red, las.green, las.blue = c[:, 0], c[:, 1], c[:, 2]
+    std = set(las.point_format.dimension_names)
+    for name, a in fields.items():
+        a = np.asarray(a)
+        if name in _SKIP:
+            continue
+        if name == "classification":
+            if len(a) and (a.min() < 0 or a.max() > 255):
+                raise ValueError("LAS classification must be in 0..255")
+            las.classification = a.astype(np.uint8)
+        elif name in std:
+            las[name] = a.astype(np.asarray(las[name]).dtype)
+        else:
+            if a.ndim != 1 or a.dtype.kind not in "iuf":
+                continue  # LAS extra bytes hold scalars only
+            las.add_extra_dim(laspy.ExtraBytesParams(name=name, type=a.dtype))
+            las[name] = a
+    las.write(path)

@@ -1,0 +1,68 @@
+"""OBJ / GLB / GLTF / OFF / STL meshes through trimesh (PLY meshes use pc_ovseg's own parser).
+
+Multi-part scenes (GLB) are concatenated in world space. Vertex colours are kept when the file
+has them; textures are not baked into vertex colours.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..data import Mesh
+from ..errors import InputError
+from ._common import check_file, make_cloud, register
+
+
+def read_trimesh(path: str, layout=None) -> Mesh:
+    import trimesh
+    path = check_file(path)
+    try:
+        obj = trimesh.load(path, process=False, force=None)
+    except Exception as exc:  # trimesh raises many kinds for broken files
+        raise InputError(path, f"malformed mesh ({type(exc).__name__}: {' '.join(str(exc).split())[:120]})") from None
+    if isinstance(obj, trimesh.Scene):
+        geoms = [g for g in obj.dump() if isinstance(g, trimesh.Trimesh)] if obj.geometry else []
+        if not geoms:
+            raise InputError(path, "mesh file holds no triangle geometry")
+        obj = trimesh.util.concatenate(geoms) if len(geoms) > 1 else geoms[0]
+    if not isinstance(obj, trimesh.Trimesh):
+        raise InputError(path, f"expected a triangle mesh, got {type(obj).__name__}")
+    v = np.asarray(obj.vertices, np.float64)
+    f = np.asarray(obj.faces, np.int64).reshape(-1, 3)
+    rgb = None
+    vc = getattr(obj.visual, "vertex_colors", None) if obj.visual.kind == "vertex" else None
+    if vc is not None and len(vc) == len(v):
+        rgb = np.asarray(vc)[:, :3]
+    cloud = make_cloud(path, v, rgb=rgb)
+    if len(f) and (f.min() < 0 or f.max() >= len(v)):
+        raise InputError(path, "face indices out of range")
+    return Mesh(cloud.xyz, f, cloud.rgb, {}, cloud.origin, source=path)
+
+
+register("trimesh", "mesh", exts=(".obj", ".glb", ".gltf", ".off", ".stl"))(read_trimesh)
+
+
+def read_e57(path: str, layout=None):
+    """E57 scans via pye57 (optional extra ``pc_ovseg[e57]``): all scans merged, in world frame."""
+    path = check_file(path)
+    try:
+        import pye57
+    except ImportError:
+        raise InputError(path, "E57 needs the optional pye57 package (pip install pc_ovseg[e57])") from None
+    try:
+        e = pye57.E57(path)
+        parts = [e.read_scan(i, colors=True, intensity=True, ignore_missing_fields=True, transform=True)
+                 for i in range(e.scan_count)]
+    except Exception as exc:
+        raise InputError(path, f"malformed E57 ({type(exc).__name__}: {exc})") from None
+    if not parts:
+        raise InputError(path, "E57 holds no scans")
+    cat = lambda k: np.concatenate([np.asarray(p[k]) for p in parts])  # noqa: E731
+    xyz = np.stack([cat("cartesianX"), cat("cartesianY"), cat("cartesianZ")], 1).astype(np.float64)
+    rgb = None
+    if all("colorRed" in p for p in parts):
+        rgb = np.stack([cat("colorRed"), cat("colorGreen"), cat("colorBlue")], 1)
+    fields = {"intensity": cat("intensity")} if all("intensity" in p for p in parts) else {}
+    return make_cloud(path, xyz, rgb=rgb, fields=fields)
+
+
+register("e57", "cloud", exts=(".e57",))(read_e57)

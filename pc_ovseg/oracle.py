@@ -1,0 +1,89 @@
+"""Oracle 2D predictions made from ground truth: measure the 3D pipeline without CLIP weights.
+
+Each view's "2D prediction" is the GT label field projected into the view through its index map
+(the same path a user's precomputed per-view label maps take); ``noise`` relabels a random
+fraction of the view's regions (from the cheap mask source) with a random wrong class. Fusion
+and querying then run unchanged.
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+import numpy as np
+
+from .data import FeatureCloud, PointCloud, View
+
+
+def gt_label_map(view: View, labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """(H, W) int32 map of the GT label seen at each pixel; -1 where nothing or an ignored label."""
+    idx = view.index
+    out = np.full(idx.shape, -1, np.int32)
+    hit = idx >= 0
+    lab = labels[idx[hit]]
+    out[hit] = np.where((lab >= 0) & (lab < num_classes), lab, -1)
+    return out
+
+
+def corrupt_label_map(label_map: np.ndarray, regions: np.ndarray, fraction: float, num_classes: int,
+                      rng: np.random.Generator) -> np.ndarray:
+    """Relabel a random ``fraction`` of the regions (that carry labels) with a random wrong class."""
+    out = label_map.copy()
+    if fraction <= 0 or num_classes < 2:
+        return out
+    ids = np.unique(regions[(regions >= 0) & (label_map >= 0)])
+    if len(ids) == 0:
+        return out
+    pick = ids[rng.random(len(ids)) < fraction]
+    for r in pick:
+        m = (regions == r) & (label_map >= 0)
+        # the region's majority class is replaced by a different random class
+        major = np.bincount(out[m], minlength=num_classes).argmax()
+        wrong = (major + rng.integers(1, num_classes)) % num_classes
+        out[m] = wrong
+    return out
+
+
+def oracle_view_features(views: Iterable[View], labels: np.ndarray, num_classes: int, *, noise: float = 0.0,
+                         seed: int = 0, masks: str = "superpixels"):
+    """Yield (view, ViewFeatures) with one-hot features from GT label maps (optionally corrupted)."""
+    from .encoders import get_mask_source, label_map_features
+
+    rng = np.random.default_rng(seed)
+    mask_source = get_mask_source(masks) if noise > 0 else None
+    for view in views:
+        lm = gt_label_map(view, labels, num_classes)
+        if mask_source is not None:
+            regions = mask_source(view)
+            lm = corrupt_label_map(lm, regions, noise, num_classes, rng)
+        yield view, label_map_features(lm, num_classes)
+
+
+def oracle_fuse(cloud: PointCloud, labels: np.ndarray, class_names: list[str], *, frames=None, noise: float = 0.0,
+                max_views: int | None = None, seed: int = 0, fusion_cfg=None, views=None, **view_kw) -> FeatureCloud:
+    """Fuse oracle label maps into one-hot per-point features (a label-space FeatureCloud).
+
+    ``labels`` are ids into ``class_names``; ids outside it, or named "ignore", give no vote.
+    """
+    from .fusion import FeatureFusion, view_visibility
+    from .pipeline import view_jobs
+
+    class_names = list(class_names)
+    lab = np.asarray(labels).astype(np.int64).reshape(-1)
+    if len(lab) != len(cloud):
+        raise ValueError(f"{len(lab)} labels for {len(cloud)} points")
+    lab = np.where(np.isin(lab, [i for i, n in enumerate(class_names) if n == "ignore"]), -1, lab)
+    C = len(class_names)
+    if views is None:
+        jobs = view_jobs(frames if frames is not None else cloud, cloud, max_views=max_views, **view_kw)
+        views = (job.make() for job in jobs)
+    fusion = FeatureFusion(len(cloud), C, fusion_cfg)
+    done = []
+    for view, feats in oracle_view_features(views, lab, C, noise=noise, seed=seed):
+        vis = view_visibility(view, cloud, fusion.cfg)
+        fusion.add_weights(vis)
+        done.append((vis, feats))
+    for vis, feats in done:  # label maps are tiny (one int map per view): keep them for pass 2
+        fusion.add(vis, feats)
+    spec = "labels:" + ",".join(class_names)
+    return fusion.result(cloud, encoder=spec, class_names=class_names,
+                         meta={"oracle": True, "noise": noise, "views": len(done)})

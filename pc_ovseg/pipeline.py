@@ -1,0 +1,208 @@
+"""``run``: input -> views -> 2D features -> fusion -> labels, cached per view and resumable.
+
+Layout of an output folder:
+    cache/<settings-hash>/vis/<view>.npz    visibility + weights of each view   (pass 1)
+    cache/<settings-hash>/feat/<view>.npz   the view's 2D features               (pass 1)
+    fused.npz                               FeatureCloud (query / view / distill read it)
+    labels.ply, labels.las, labels.npz      per-point label + score, coloured by label
+    legend.png, summary.json
+A rerun with the same settings skips every view whose files exist, so an interrupted run
+resumes where it stopped; changing the encoder or view settings starts a fresh cache folder.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .data import Camera, FeatureCloud, FrameSequence, Mesh, PointCloud, View, ViewFeatures
+from .errors import InputError
+from .encoders import load_view_features, save_view_features
+from .fusion import FeatureFusion, FusionConfig, Visibility, view_visibility
+
+#: Kinect / PrimeSense defaults for organised clouds that carry no intrinsics (mOSD, PCL grabbers).
+KINECT_K = np.array([[525.0, 0, 319.5], [0, 525.0, 239.5], [0, 0, 1]])
+
+
+@dataclass
+class ViewJob:
+    """A view not yet made: its name and how to make it (rendering/loading happens lazily)."""
+
+    name: str
+    make: Callable[[], View]
+
+
+@dataclass
+class Scene:
+    """What the pipeline works on: the points to label and the views that see them."""
+
+    cloud: PointCloud
+    jobs: list[ViewJob]
+    mesh: Mesh | None = None
+    frames: FrameSequence | None = None
+    kind: str = ""
+
+
+def view_jobs(source: FrameSequence | Mesh | PointCloud, cloud: PointCloud, *, max_views: int | None = None,
+              kind: str = "auto", width: int = 640, height: int = 480, stride: int | None = None,
+              intrinsics: np.ndarray | None = None) -> list[ViewJob]:
+    """The views that will see ``cloud``: selected frames, the organised cloud's own camera, or
+    planned virtual cameras over a bare cloud or mesh."""
+    from . import views
+
+    if isinstance(source, FrameSequence):
+        idx = views.select_frames(source, max_views=max_views, stride=stride)
+        return [ViewJob(_safe(source.names[i]), _frame_job(source, cloud, i)) for i in idx]
+    if isinstance(source, PointCloud) and source.grid_shape is not None:
+        K = KINECT_K if intrinsics is None else np.asarray(intrinsics)
+        return [ViewJob("organized", lambda: views.organized_view(source, K))]
+    cams = views.plan_cameras(source, kind=kind, max_views=max_views, width=width, height=height)
+    return [ViewJob(f"view{i:04d}_{g}", _render_job(source, cam, g)) for i, (cam, g) in enumerate(cams)]
+
+
+def load_scene(path: str, *, cloud_path: str | None = None, layout: str | None = None,
+               voxel_size: float = 0.02, **view_kw) -> Scene:
+    """Read any supported input and plan its views (frames are selected, bare clouds get cameras)."""
+    from . import io, views
+
+    data = io.read(path, layout=layout)
+    if isinstance(data, FrameSequence):
+        cloud = io.read_cloud(cloud_path, layout=layout) if cloud_path else views.cloud_from_frames(data, voxel_size=voxel_size)
+        return Scene(cloud, view_jobs(data, cloud, **view_kw), frames=data, kind="frames")
+    cloud = data.to_point_cloud() if isinstance(data, Mesh) else data
+    if len(cloud) == 0:
+        raise InputError(path, "no points to label")
+    return Scene(cloud, view_jobs(data, cloud, **view_kw), mesh=data if isinstance(data, Mesh) else None,
+                 kind=view_kw.get("kind", "auto"))
+
+
+def _frame_job(frames: FrameSequence, cloud: PointCloud, i: int) -> Callable[[], View]:
+    from . import views
+    return lambda: next(iter(views.frame_views(frames.subset([i]), cloud, progress=False)))
+
+
+def _render_job(geom, cam: Camera, granularity: str) -> Callable[[], View]:
+    from . import views
+    return lambda: views.render_view(geom, cam, granularity=granularity)
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in os.path.basename(str(name)))
+
+
+def _save_vis(path, vis: Visibility) -> None:
+    tmp = str(path) + ".tmp.npz"
+    vis.save(tmp)
+    os.replace(tmp, path)
+
+
+@dataclass
+class FuseStats:
+    views: int = 0
+    computed: int = 0
+    cached: int = 0
+    seconds: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+
+def fuse_scene(scene: Scene, view_encoder, cache_dir: str | Path, *, fusion_cfg: FusionConfig | None = None,
+               settings: dict | None = None, progress: bool = True) -> tuple[FeatureCloud, FuseStats]:
+    """Make (or reuse) every view's visibility and features, then fuse them; resumable."""
+    from tqdm.auto import tqdm
+
+    t0 = time.time()
+    cfg = fusion_cfg or FusionConfig()
+    encoder = getattr(view_encoder, "encoder", None)
+    enc_settings = view_encoder.settings() if hasattr(view_encoder, "settings") else getattr(encoder, "spec", "")
+    key = hashlib.sha1(json.dumps({"encoder": enc_settings,
+                                   "settings": settings or {}, "fusion": vars(cfg)},
+                                  sort_keys=True, default=str).encode()).hexdigest()[:12]
+    root = Path(cache_dir) / key
+    (root / "vis").mkdir(parents=True, exist_ok=True)
+    (root / "feat").mkdir(parents=True, exist_ok=True)
+    stats = FuseStats(views=len(scene.jobs))
+    fusion: FeatureFusion | None = None
+    dim = None
+    done: list[str] = []
+    for job in tqdm(scene.jobs, desc="views", unit="view", disable=not progress):
+        vp, fp = root / "vis" / f"{job.name}.npz", root / "feat" / f"{job.name}.npz"
+        if vp.exists() and fp.exists():
+            vis = Visibility.load(vp)
+            stats.cached += 1
+            if dim is None:
+                dim = load_view_features(fp).dim
+        else:
+            view = job.make()
+            vis = view_visibility(view, scene.cloud, cfg)
+            feats = view_encoder.encode(view)
+            save_view_features(feats, fp)
+            _save_vis(vp, vis)
+            dim = feats.dim
+            stats.computed += 1
+        if fusion is None:
+            fusion = FeatureFusion(len(scene.cloud), dim, cfg)
+        fusion.add_weights(vis)
+        done.append(job.name)
+    if fusion is None:
+        raise InputError(None, "no views to fuse")
+    for name in tqdm(done, desc="fusing", unit="view", disable=not progress):
+        fusion.add(Visibility.load(root / "vis" / f"{name}.npz"), load_view_features(root / "feat" / f"{name}.npz"))
+    fc = fusion.result(scene.cloud, encoder=getattr(encoder, "spec", ""),
+                       class_names=getattr(encoder, "class_names", None),
+                       meta={"views": len(done), "cache": str(root)})
+    stats.seconds = time.time() - t0
+    return fc, stats
+
+
+def export_labels(out_dir: str | Path, fc: FeatureCloud, vocabulary: list[str], *, min_similarity=None,
+                  formats=("ply", "las", "npz")) -> dict:
+    """Label every point over ``vocabulary`` and write PLY/LAS/NPZ + legend; returns a summary."""
+    from . import io
+    from .colors import label_colors, save_legend
+    from .query import QueryEngine
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    res = QueryEngine(fc).labels(vocabulary, min_similarity=min_similarity)
+    colors = label_colors(res.labels, len(vocabulary))
+    written = []
+    for fmt in formats:
+        p = out / f"labels.{fmt}"
+        io.write(p, fc.cloud, labels=res.labels, scores=res.scores, colors=colors)
+        written.append(str(p))
+    save_legend(out / "legend.png", list(vocabulary), title="labels")
+    hist = np.bincount(res.labels[res.labels >= 0], minlength=len(vocabulary))
+    return {"files": written + [str(out / "legend.png")],
+            "label_counts": {n: int(c) for n, c in zip(vocabulary, hist)},
+            "unseen": int((res.labels < 0).sum()), "points": len(res.labels)}
+
+
+def run(path: str, out_dir: str | Path, vocabulary: list[str], *, view_encoder=None, encoder_args=None,
+        max_views: int | None = None, cloud_path: str | None = None, fusion_cfg: FusionConfig | None = None,
+        progress: bool = True, **scene_kw) -> dict:
+    """The main job: fused features and labels for any input, resuming from ``out_dir/cache``."""
+    t0 = time.time()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    scene = load_scene(path, cloud_path=cloud_path, max_views=max_views, **scene_kw)
+    if view_encoder is None:
+        from .encoders import view_encoder_from_args
+        view_encoder = view_encoder_from_args(encoder_args, cache_dir=str(out / "cache" / "encoder"))
+    settings = {"input": os.path.abspath(path), "max_views": max_views, "cloud": cloud_path,
+                **{k: v for k, v in scene_kw.items() if v is not None}}
+    fc, stats = fuse_scene(scene, view_encoder, out / "cache", fusion_cfg=fusion_cfg, settings=settings,
+                           progress=progress)
+    fc.save(out / "fused.npz")
+    summary = {"input": str(path), "points": len(scene.cloud), "views": stats.views,
+               "views_computed": stats.computed, "views_cached": stats.cached,
+               "coverage": round(fc.coverage, 6), "encoder": fc.encoder, "fused": str(out / "fused.npz")}
+    summary.update(export_labels(out, fc, vocabulary))
+    summary["seconds"] = round(time.time() - t0, 3)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary

@@ -1,0 +1,106 @@
+"""Fusion: native fp16 running mean against a float64 reference; balancing; unseen points."""
+import numpy as np
+import pytest
+
+from pc_ovseg import native
+from pc_ovseg.data import Camera, PointCloud, View, ViewFeatures
+from pc_ovseg.fusion import FeatureFusion, FusionConfig, Visibility, fuse, view_visibility
+
+
+def _vis(name, gran, ids, w, hw=(4, 4)):
+    ids = np.asarray(ids, np.int64)
+    pix = np.stack([ids % hw[0], (ids // hw[0]) % hw[1]], 1).astype(np.int32)
+    return Visibility(name, gran, ids, pix, np.asarray(w, np.float32), hw)
+
+
+def test_native_accumulate_matches_weighted_mean():
+    rng = np.random.default_rng(0)
+    n, d, views = 500, 16, 7
+    acc = np.zeros((n, d), np.float16)
+    wsum = np.zeros(n, np.float32)
+    count = np.zeros(n, np.uint16)
+    num = np.zeros((n, d)); den = np.zeros(n); cnt = np.zeros(n)
+    for _ in range(views):
+        ids = rng.choice(n, 300, replace=False)
+        f = rng.standard_normal((300, d)).astype(np.float32)
+        w = rng.random(300).astype(np.float32)
+        native.fuse_accumulate(acc, wsum, count, ids, f, w)
+        num[ids] += w[:, None] * f; den[ids] += w; cnt[ids] += 1
+    seen = den > 0
+    ref = num[seen] / den[seen, None]
+    np.testing.assert_allclose(acc[seen].astype(np.float64), ref, atol=5e-3)
+    np.testing.assert_allclose(wsum, den, rtol=1e-5)
+    assert (count == cnt).all()
+    assert (acc[~seen] == 0).all()
+
+
+def test_native_rejects_bad_ids_and_dtypes():
+    acc = np.zeros((3, 2), np.float16)
+    with pytest.raises(IndexError):
+        native.fuse_accumulate(acc, np.zeros(3, np.float32), np.zeros(3, np.uint16), np.array([5]),
+                               np.ones((1, 2), np.float32), np.ones(1, np.float32))
+    with pytest.raises(ValueError):
+        native.fuse_accumulate(acc.astype(np.float32), np.zeros(3, np.float32), np.zeros(3, np.uint16),
+                               np.array([0]), np.ones((1, 2), np.float32), np.ones(1, np.float32))
+
+
+def test_normalize_rows_half():
+    a = np.array([[3, 4], [0, 0], [1e-3, 0]], np.float16)
+    native.normalize_rows_half(a)
+    np.testing.assert_allclose(a.astype(np.float32), [[0.6, 0.8], [0, 0], [1, 0]], atol=1e-3)
+
+
+def test_balanced_fusion_gives_each_granularity_equal_say():
+    # point 0: seen by 10 close views saying class 1 and 1 scene view saying class 0
+    cloud = PointCloud(np.zeros((2, 3)))
+    onehot = lambda c: ViewFeatures((4, 4), regions=np.zeros((4, 4), np.int32), region_features=np.eye(2)[[c]])  # noqa
+    items = [(_vis(f"c{i}", "close", [0], [1.0]), onehot(1)) for i in range(10)]
+    items.append((_vis("s", "scene", [0], [1.0]), onehot(0)))
+    plain = fuse(cloud, items, 2, cfg=FusionConfig(balance="none"))
+    bal = fuse(cloud, items, 2, cfg=FusionConfig(balance="granularity"))
+    f_plain = plain.features[0].astype(np.float32)
+    f_bal = bal.features[0].astype(np.float32)
+    assert f_plain[1] > 5 * f_plain[0]              # close-ups dominate a plain mean
+    np.testing.assert_allclose(f_bal[0], f_bal[1], atol=1e-3)  # balanced: equal say
+    assert not plain.seen[1] and plain.view_count[1] == 0 and plain.view_count[0] == 11
+    assert (bal.features[1] == 0).all()             # unseen stays unseen, no label
+
+
+def test_zero_feature_pixels_do_not_vote():
+    cloud = PointCloud(np.zeros((3, 3)))
+    regions = np.full((4, 4), -1, np.int32)
+    regions[0, 0] = 0  # only the pixel of point 0 has a region
+    feats = ViewFeatures((4, 4), regions=regions, region_features=np.eye(2)[[1]])
+    fc = fuse(cloud, [(_vis("v", "frame", [0, 1], [1, 1]), feats)], 2)
+    assert fc.seen[0] and not fc.seen[1] and not fc.seen[2]
+
+
+def test_view_visibility_weights():
+    K = np.array([[100, 0, 32], [0, 100, 32], [0, 0, 1.0]])
+    cam = Camera(K, np.eye(4), 64, 64)
+    xyz = np.array([[0, 0, 1.0], [0.2, 0, 2.0], [0.1, 0.1, 1.0]])
+    normals = np.array([[0, 0, 1.0], [0, 0, 1.0], [1.0, 0, 0]])
+    cloud = PointCloud(xyz, normals=normals)
+    uv, z = cam.project(xyz)
+    pix = np.round(uv[:, ::-1]).astype(np.int32)
+    depth = np.zeros((64, 64), np.float32)
+    depth[pix[:, 0], pix[:, 1]] = z
+    view = View(cam, np.zeros((64, 64, 3), np.uint8), depth, np.full((64, 64), -1), np.arange(3), pix)
+    vis = view_visibility(view, cloud)
+    assert vis.weights[0] > vis.weights[1]  # nearer
+    assert vis.weights[0] > vis.weights[2]  # grazing angle
+    vis_save = vis
+    assert (vis_save.point_ids == np.arange(3)).all()
+
+
+def test_visibility_roundtrip(tmp_path):
+    v = _vis("a b", "mid", [1, 2, 3], [0.5, 1, 2])
+    v.save(tmp_path / "v.npz")
+    w = Visibility.load(tmp_path / "v.npz")
+    assert w.name == "a b" and w.granularity == "mid" and w.image_hw == (4, 4)
+    assert (w.point_ids == v.point_ids).all() and (w.weights == v.weights).all()
+
+
+def test_fusion_memory_is_the_result():
+    fusion = FeatureFusion(10_000, 512)
+    assert fusion.acc.dtype == np.float16 and fusion.acc.nbytes == 10_000 * 512 * 2
