@@ -14,7 +14,7 @@ import numpy as np
 from ..data import FrameSequence, Mesh, PointCloud
 from ..errors import InputError
 from . import arrays, las, mesh, pcd, ply, rgbd  # noqa: F401  (registers the readers)
-from ._common import FILE_READERS, FOLDER_READERS, Reader, extension
+from ._common import FILE_READERS, FOLDER_READERS, Reader, exc_text, extension
 from .arrays import read_labels, write_npz
 from .describe import describe, format_description
 from .las import write_las
@@ -59,8 +59,7 @@ def read(path, *, layout: str | None = None) -> PointCloud | Mesh | FrameSequenc
         raise InputError(p, "file is too large or too deeply nested to read") from None
     except (ValueError, KeyError, IndexError, TypeError, OSError, EOFError) as exc:
         # readers validate what they know; anything else is still the file's fault, said in one line
-        raise InputError(p, f"cannot read as {r.name} ({type(exc).__name__}: "
-                            f"{' '.join(str(exc).split())[:160]})") from None
+        raise InputError(p, f"cannot read as {r.name} ({exc_text(exc)})") from None
 
 
 def read_cloud(path, *, layout: str | None = None) -> PointCloud:

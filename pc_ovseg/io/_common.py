@@ -110,6 +110,12 @@ def make_cloud(path: str, xyz: np.ndarray, *, rgb=None, normals=None, fields=Non
         raise InputError(path, str(exc)) from None
 
 
+def exc_text(exc: BaseException, limit: int = 160) -> str:
+    """'Type: message' of a library exception, on one line (for wrapping into InputError)."""
+    msg = " ".join(str(exc).split())[:limit]
+    return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
+
+
 def rgb_from_packed(v: np.ndarray) -> np.ndarray:
     """PCL-style packed 0x00RRGGBB (uint32 or float32 bits) -> (N, 3) uint8."""
     u = np.ascontiguousarray(v).view(np.uint32) if v.dtype.itemsize == 4 else v.astype(np.uint32)

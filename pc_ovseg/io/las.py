@@ -14,7 +14,7 @@ import numpy as np
 
 from ..data import PointCloud
 from ..errors import InputError
-from ._common import ORIGIN_THRESHOLD, check_file, choose_origin, make_cloud, register
+from ._common import ORIGIN_THRESHOLD, check_file, choose_origin, exc_text, make_cloud, register
 
 _SKIP = {"X", "Y", "Z", "red", "green", "blue"}
 
@@ -43,7 +43,7 @@ def read_las(path: str, layout=None) -> PointCloud:
     except InputError:
         raise
     except Exception as exc:  # laspy raises LaspyException, ValueError, struct errors, ...
-        raise InputError(path, f"malformed LAS/LAZ ({type(exc).__name__}: {exc})") from None
+        raise InputError(path, f"malformed LAS/LAZ ({exc_text(exc)})") from None
     if len(ints) == 0:
         raise InputError(path, "contains no points")
     if not (np.isfinite(scale).all() and (scale > 0).all() and np.isfinite(offset).all()):

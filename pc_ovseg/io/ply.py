@@ -15,7 +15,7 @@ import numpy as np
 
 from ..data import Mesh, PointCloud
 from ..errors import InputError
-from ._common import check_file, make_cloud, read_bytes, register
+from ._common import check_file, exc_text, make_cloud, read_bytes, register
 
 PLY_TYPES = {
     "char": "i1", "int8": "i1", "uchar": "u1", "uint8": "u1", "short": "i2", "int16": "i2",
@@ -174,7 +174,7 @@ def _read_plyfile(path):
     try:
         ply = plyfile.PlyData.read(path)
     except Exception as exc:  # plyfile raises many types for broken files
-        raise InputError(path, f"malformed PLY ({type(exc).__name__}: {exc})") from None
+        raise InputError(path, f"malformed PLY ({exc_text(exc)})") from None
     out = {}
     for el in ply.elements:
         d = el.data

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..data import Camera, FrameSequence, RGBDFrame
 from ..errors import InputError
-from ._common import check_file, register
+from ._common import check_file, exc_text, register
 
 ASPECT_TOLERANCE = 0.015
 MAX_PLAUSIBLE_DEPTH_M = 100.0   # median valid depth above this = wrong depth scale
@@ -60,7 +60,7 @@ def load_color(path: str) -> np.ndarray:
         with Image.open(path) as im:
             return np.asarray(im.convert("RGB"))
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise InputError(path, f"not a readable image ({type(exc).__name__}: {exc})") from None
+        raise InputError(path, f"not a readable image ({exc_text(exc)})") from None
 
 
 def load_depth(path: str, scale: float, invalid=(0,)) -> np.ndarray:
@@ -77,7 +77,7 @@ def load_depth(path: str, scale: float, invalid=(0,)) -> np.ndarray:
             with Image.open(path) as im:
                 raw = np.asarray(im)
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-            raise InputError(path, f"not a readable depth image ({type(exc).__name__}: {exc})") from None
+            raise InputError(path, f"not a readable depth image ({exc_text(exc)})") from None
     if raw.ndim == 3 and raw.shape[2] in (1, 3, 4):
         raise InputError(path, f"depth must be single-channel, got {raw.shape[2]} channels")
     if raw.ndim != 2:
@@ -459,7 +459,7 @@ def read_json_frames(path: str, layout=None) -> FrameSequence:
             except InputError:
                 raise
             except (KeyError, TypeError, ValueError, IndexError) as exc:
-                raise InputError(path, f"malformed frame manifest ({type(exc).__name__}: {exc})") from None
+                raise InputError(path, f"malformed frame manifest ({exc_text(exc)})") from None
     raise InputError(path, "JSON is neither a frame manifest ('frames') nor a scene.json ('intrinsics_4x4', 'images')")
 
 

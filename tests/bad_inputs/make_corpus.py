@@ -123,6 +123,8 @@ def main():
     put("pcd_lzf_truncated.pcd", pcd_head(1, "binary_compressed").encode() + comp(lit, 12, csize=4000), "truncated")
     put("pcd_lzf_wrong_size.pcd", pcd_head(2, "binary_compressed").encode() + comp(lit, 12), "compressed block")
     put("pcd_lzf_short_output.pcd", pcd_head(1, "binary_compressed", fields="x y z", size="4 4 8", type_="F F F").encode() + comp(lit, 16), "fewer bytes")
+    put("pcd_lzf_bomb.pcd", pcd_head(3 * 10 ** 8, "binary_compressed").encode() + comp(lit, 36 * 10 ** 8), "impossible for LZF")
+    put("pcd_huge_binary.pcd", pcd_head(10 ** 12, "binary").encode() + pts.tobytes(), "truncated")
     put("pcd_no_data_line.pcd", pcd_head(3).replace("DATA ascii\n", ""), "DATA")
     put("pcd_points_mismatch.pcd", pcd_head(3, width=5) + "0 0 0\n1 0 0\n0 1 0\n", "POINTS")
     put("pcd_fields_size_mismatch.pcd", pcd_head(3, size="4 4") + xyz, "different lengths")
@@ -155,6 +157,9 @@ def main():
     bad_scale = bytearray(good)
     struct.pack_into("<3d", bad_scale, 131, 0.0, 0.0, 0.0)  # x/y/z scale factors
     put("las_zero_scale.las", bytes(bad_scale), "scale")
+    huge = bytearray(good)
+    struct.pack_into("<I", huge, 107, 4_000_000_000)  # legacy point count: 4 billion points
+    put("las_huge_count.las", bytes(huge), "malformed LAS")
     put("laz_garbage.laz", b"LASF" + bytes(400), "malformed LAS")
     # --- arrays ---------------------------------------------------------------------------------
     put("npy_garbage.npy", b"\x93NUMPY garbage garbage", "not a valid .npy")
