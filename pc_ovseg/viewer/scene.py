@@ -49,9 +49,7 @@ class ViewerScene:
         except ImportError:
             raise InputError(p, "not a pc_ovseg feature file, and this build has no cloud readers "
                                 "(pc_ovseg.io) to open it as a plain cloud") from None
-        cloud = read_cloud(p, layout=layout) if layout else read_cloud(p)
-        if hasattr(cloud, "to_point_cloud"):  # a mesh: show its vertices
-            cloud = cloud.to_point_cloud()
+        cloud = read_cloud(p, layout=layout)  # meshes come back as their vertices
         if len(cloud) == 0:
             raise InputError(p, "the cloud has no points")
         return cls(cloud, None, **kw)
