@@ -180,22 +180,36 @@ def test_decimated_display_keeps_queries_on_all_points(kitti):
         srv.server_close()
 
 
-def scannet_cloud(shared_data) -> PointCloud:
-    a = np.fromfile(shared_data / "scannet-scene0000" / "scene0000_00.bin", np.float32).reshape(-1, 6)
-    return PointCloud(a[:, :3], a[:, 3:].astype(np.uint8), source="scene0000_00.bin")
-
-
 def test_plain_cloud_has_colour_modes_only(shared_data):
-    cloud = scannet_cloud(shared_data)
-    srv = start_server(ViewerScene(cloud, title="scene0000_00.bin"))
+    path = shared_data / "scannet-scene0000" / "scene0000_00.bin"
+    raw = np.fromfile(path, np.float32).reshape(-1, 6)
+    scene = ViewerScene.from_path(path, layout="xyzrgb")
+    srv = start_server(scene)
     try:
         info = json.loads(get(srv, "/api/info")[0])
         assert not info["queryable"] and "no features" in info["message"] and info["has_rgb"]
+        assert info["title"] == "scene0000_00.bin" and info["coverage_max"] is None
         rgb = np.frombuffer(get(srv, "/api/colors")[0], np.uint8).reshape(-1, 3)
-        np.testing.assert_array_equal(rgb, cloud.rgb)
+        np.testing.assert_array_equal(rgb, raw[:, 3:].astype(np.uint8))
         assert post(srv, "/api/heatmap", {"query": "chair"})[0] == 409
+        assert post(srv, "/api/labels", {"vocabulary": ["chair"]})[0] == 409
         d = json.loads(post(srv, "/api/pick", {"index": 7})[1])
-        assert d["rgb"] == cloud.rgb[7].tolist() and "label" not in d
+        np.testing.assert_allclose(d["xyz"], raw[7, :3], atol=1e-3)
+        assert d["rgb"] == raw[7, 3:].astype(np.uint8).tolist() and "label" not in d
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_plain_cloud_label_field_gives_the_label_view(shared_data):
+    scene = ViewerScene.from_path(shared_data / "las" / "sample_c.las")
+    cls = scene.cloud.fields["classification"]
+    srv = start_server(scene)
+    try:
+        names = json.loads(get(srv, "/api/info")[0])["field_labels"]
+        assert names == [f"classification {c}" for c in np.unique(cls)]
+        lab = np.frombuffer(get(srv, "/api/field_labels")[0], np.uint8)
+        np.testing.assert_array_equal(np.unique(cls)[lab], cls)
     finally:
         srv.shutdown()
         srv.server_close()
