@@ -201,6 +201,29 @@ def test_plain_cloud_has_colour_modes_only(shared_data):
         srv.server_close()
 
 
+def test_result_without_text_encoder_weights_stays_viewable(tmp_path):
+    rng = np.random.default_rng(0)
+    feats = rng.standard_normal((500, 512)).astype(np.float32)
+    feats /= np.linalg.norm(feats, axis=1, keepdims=True)
+    fc = FeatureCloud(PointCloud(rng.uniform(0, 1, (500, 3))), feats.astype(np.float16),
+                      np.ones(500, np.float32), np.full(500, 3, np.uint16),
+                      f"clip:ViT-B-32:{tmp_path / 'missing.pt'}")
+    scene = ViewerScene.from_feature_cloud(fc)
+    scene.prepare()  # no CLIP weights on this machine: queries off, with the reason
+    assert not scene.queryable and "weights" in scene.message
+    srv = start_server(scene)
+    try:
+        info = json.loads(get(srv, "/api/info")[0])
+        assert not info["queryable"] and info["message"] == scene.message and info["coverage_max"] == 3
+        status, out, _ = post(srv, "/api/heatmap", {"query": "chair"})
+        assert status == 409 and "weights" in json.loads(out)["error"]
+        d = json.loads(post(srv, "/api/pick", {"index": 3})[1])
+        assert d["view_count"] == 3 and "weights" in d["note"]
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
 def test_plain_cloud_label_field_gives_the_label_view(shared_data):
     scene = ViewerScene.from_path(shared_data / "las" / "sample_c.las")
     cls = scene.cloud.fields["classification"]

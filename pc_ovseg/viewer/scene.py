@@ -13,7 +13,7 @@ from functools import cached_property
 import numpy as np
 
 from ..data import FeatureCloud, PointCloud
-from ..errors import InputError, check_input_path
+from ..errors import InputError, PcOvsegError, check_input_path
 
 #: Per-point fields of plain clouds that hold integer class labels (shown in "label" mode).
 LABEL_FIELDS = ("label", "labels", "semantic", "semantic_label", "class", "classification", "scalar_label")
@@ -30,6 +30,7 @@ class ViewerScene:
     max_display_points: int = 2_000_000
     title: str = ""
     seed: int = 0
+    query_error: str | None = None        # why a result cannot be queried (e.g. missing weights)
     _engine: object = field(default=None, repr=False)
 
     # -- construction -----------------------------------------------------------------------
@@ -99,9 +100,15 @@ class ViewerScene:
 
     def coverage(self) -> np.ndarray | None:
         """How many views saw each displayed point (uint16), for fused results."""
-        if self.features is None:
+        if self.features is None or not self.features.view_count.any():  # e.g. no view record
             return None
         return np.ascontiguousarray(self.features.view_count[self.display_ids], np.uint16)
+
+    @cached_property
+    def radius(self) -> float:
+        """Bounding-sphere radius of the displayed points around ``centre`` (camera framing)."""
+        xyz = self.positions()
+        return float(np.sqrt((xyz.astype(np.float64) ** 2).sum(1).max())) if len(xyz) else 1.0
 
     @cached_property
     def label_field(self) -> str | None:
@@ -111,21 +118,38 @@ class ViewerScene:
                 return name
         return None
 
-    def field_labels(self) -> tuple[np.ndarray, list[str]] | None:
-        """Integer labels of a plain cloud as (uint8 per displayed point, names)."""
+    @cached_property
+    def _field_values(self) -> np.ndarray | None:
         if self.label_field is None:
             return None
-        v = self.cloud.fields[self.label_field]
-        values = np.unique(v)[:NO_LABEL]  # a legend of more than 255 classes is unreadable anyway
-        shown = v[self.display_ids]
+        return np.unique(self.cloud.fields[self.label_field])[:NO_LABEL]  # more is unreadable anyway
+
+    def field_label_names(self) -> list[str] | None:
+        values = self._field_values
+        return None if values is None else [f"{self.label_field} {int(x)}" for x in values]
+
+    def field_labels(self) -> np.ndarray | None:
+        """A plain cloud's integer label field as uint8 indices into ``field_label_names()``."""
+        values = self._field_values
+        if values is None:
+            return None
+        shown = self.cloud.fields[self.label_field][self.display_ids]
         idx = np.clip(np.searchsorted(values, shown), 0, len(values) - 1)
-        out = np.where(values[idx] == shown, idx, NO_LABEL).astype(np.uint8)
-        return out, [f"{self.label_field} {int(x)}" for x in values]
+        return np.where(values[idx] == shown, idx, NO_LABEL).astype(np.uint8)
 
     # -- queries --------------------------------------------------------------------------------
     @property
     def queryable(self) -> bool:
-        return self.features is not None
+        return self.features is not None and self.query_error is None
+
+    @property
+    def message(self) -> str | None:
+        """Why the query box is disabled, or None."""
+        if self.features is None:
+            return "plain cloud: no features to query (colour modes only)"
+        if self.query_error is not None:
+            return f"queries disabled: {self.query_error}"
+        return None
 
     @property
     def engine(self):
@@ -137,9 +161,17 @@ class ViewerScene:
         return self._engine
 
     def prepare(self) -> None:
-        """Build the query engine and run one query now, so the first real query is fast."""
-        if self.features is not None:
+        """Build the query engine and run one query now, so the first real query is fast.
+
+        A result whose text encoder cannot be loaded (no weights here) stays viewable in its
+        colour modes; the reason is shown instead of the query box.
+        """
+        if self.features is None or self.query_error is not None:
+            return
+        try:
             self.engine.heatmap((self.default_vocabulary() or ["object"])[0])
+        except PcOvsegError as err:
+            self.query_error = str(err)
 
     def default_vocabulary(self) -> list[str]:
         if self.features is not None and self.features.class_names:
@@ -176,10 +208,14 @@ class ViewerScene:
         if not fc.seen[pid]:
             out.update(label=None, score=0.0, topk=[], note="no view saw this point")
             return out
-        if vocabulary:
+        if not self.queryable:
+            out["note"] = self.message
+        elif vocabulary:
             top = self.engine.topk(pid, vocabulary, k)
             out["topk"] = [{"name": n, "score": round(p, 4)} for n, p in top]
             out["label"], out["score"] = top[0][0], round(top[0][1], 4)
+        else:
+            out["note"] = "give a vocabulary for the label and top-5 classes"
         return out
 
 

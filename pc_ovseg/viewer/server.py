@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from ..errors import PcOvsegError
 from .scene import NO_LABEL, ViewerScene
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -85,20 +86,17 @@ class ViewerServer(ThreadingHTTPServer):
 
     def info(self) -> dict:
         s = self.scene
-        xyz = s.positions()
-        radius = float(np.sqrt((xyz.astype(np.float64) ** 2).sum(1).max())) if len(xyz) else 1.0
         cov = s.coverage()
-        fl = s.field_labels() if not s.queryable else None
         return {
             "title": s.title, "n_points": s.n_points, "n_display": s.n_display,
-            "centre": (s.centre + s.cloud.origin).tolist(), "radius": max(radius, 1e-6),
+            "centre": (s.centre + s.cloud.origin).tolist(), "radius": max(s.radius, 1e-6),
             "has_rgb": s.cloud.rgb is not None, "queryable": s.queryable,
             "encoder": s.features.encoder if s.features is not None else None,
             "vocabulary": s.default_vocabulary(),
             "coverage_max": int(cov.max()) if cov is not None and len(cov) else None,
             "coverage": None if s.features is None else round(s.features.coverage, 4),
-            "field_labels": None if fl is None else fl[1],
-            "message": None if s.queryable else "plain cloud: no features to query (colour modes only)",
+            "field_labels": None if s.queryable else s.field_label_names(),
+            "message": s.message,
             "limits": {"query": MAX_QUERY, "vocabulary": MAX_VOCAB, "name": MAX_NAME},
         }
 
@@ -107,9 +105,12 @@ class ViewerHandler(BaseHTTPRequestHandler):
     server: ViewerServer
     protocol_version = "HTTP/1.1"
 
-    def log_message(self, fmt, *args):  # noqa: D102 - quiet unless asked
+    def log_message(self, fmt, *args):  # noqa: D102 - requests are logged only when asked
         if not self.server.quiet:
             super().log_message(fmt, *args)
+
+    def log_error(self, fmt, *args):  # noqa: D102 - errors always are
+        super().log_message(fmt, *args)
 
     # -- responses -------------------------------------------------------------------------------
     def _send(self, status: int, body: bytes, ctype: str, headers: dict | None = None) -> None:
@@ -158,7 +159,7 @@ class ViewerHandler(BaseHTTPRequestHandler):
             return self._binary(cov) if cov is not None else self._error(404, "a plain cloud has no coverage")
         if path == "/api/field_labels":
             fl = s.field_labels()
-            return self._binary(fl[0]) if fl is not None else self._error(404, "the cloud has no label field")
+            return self._binary(fl) if fl is not None else self._error(404, "the cloud has no label field")
         return self._error(404, "not found")
 
     do_HEAD = do_GET
@@ -175,15 +176,22 @@ class ViewerHandler(BaseHTTPRequestHandler):
         routes = {"/api/heatmap": self._heatmap, "/api/labels": self._labels, "/api/pick": self._pick}
         route = routes.get(path)
         if route is None:
+            self.close_connection = True  # its body was never read
             return self._error(404, "not found")
         try:
             body = self._read_json()
             if path != "/api/pick" and not self.server.scene.queryable:
-                return self._error(409, "plain cloud: no features to query")
+                return self._error(409, self.server.scene.message)
             with self.server.query_lock:
                 return route(body)
         except BadRequest as err:
+            self.close_connection = True  # the body may be unread
             return self._error(400, str(err))
+        except PcOvsegError as err:  # e.g. the text encoder's weights went missing
+            return self._error(422, str(err))
+        except Exception as err:  # a bug: answer it, keep serving; the traceback goes to the log
+            self.log_error("%s %s failed: %r", self.command, path, err)
+            return self._error(500, f"internal error: {type(err).__name__}: {' '.join(str(err).split())}")
 
     def _read_json(self) -> dict:
         ctype = self.headers.get("Content-Type", "").split(";")[0].strip()
