@@ -45,11 +45,7 @@ class ViewerScene:
         kw.setdefault("title", os.path.basename(p))
         if _is_feature_cloud(p):
             return cls.from_feature_cloud(FeatureCloud.load(p), **kw)
-        try:
-            from ..io import read_cloud
-        except ImportError:
-            raise InputError(p, "not a pc_ovseg feature file, and this build has no cloud readers "
-                                "(pc_ovseg.io) to open it as a plain cloud") from None
+        from ..io import read_cloud  # lazily: a result needs no cloud readers
         cloud = read_cloud(p, layout=layout)  # meshes come back as their vertices
         if len(cloud) == 0:
             raise InputError(p, "the cloud has no points")
@@ -106,9 +102,12 @@ class ViewerScene:
 
     @cached_property
     def radius(self) -> float:
-        """Bounding-sphere radius of the displayed points around ``centre`` (camera framing)."""
+        """Radius around ``centre`` holding 99% of the displayed points: the camera frames that,
+        so a few far outliers (LiDAR returns, photogrammetry noise) do not shrink the scene."""
         xyz = self.positions()
-        return float(np.sqrt((xyz.astype(np.float64) ** 2).sum(1).max())) if len(xyz) else 1.0
+        if not len(xyz):
+            return 1.0
+        return float(np.percentile(np.sqrt((xyz.astype(np.float64) ** 2).sum(1)), 99))
 
     @cached_property
     def label_field(self) -> str | None:

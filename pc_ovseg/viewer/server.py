@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import mimetypes
+import socket
 import threading
 import time
 from http import HTTPStatus
@@ -77,12 +78,14 @@ class ViewerServer(ThreadingHTTPServer):
         self.query_lock = threading.Lock()
         self.static_files = {f"/static/{p.relative_to(STATIC_DIR).as_posix()}": p
                              for p in STATIC_DIR.rglob("*") if p.is_file()}
+        if ":" in host:
+            self.address_family = socket.AF_INET6
         super().__init__((host, port), ViewerHandler)
 
     @property
     def url(self) -> str:
         host, port = self.server_address[:2]
-        return f"http://{host}:{port}/"
+        return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
 
     def info(self) -> dict:
         s = self.scene
