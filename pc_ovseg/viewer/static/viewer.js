@@ -185,7 +185,7 @@ class Viewer {
 
   resetView() {
     const r = this.info.radius;
-    const dist = r / Math.sin(THREE.MathUtils.degToRad(this.camera.fov) / 2);
+    const dist = (1.15 * r) / Math.sin(THREE.MathUtils.degToRad(this.camera.fov) / 2);
     this.orbit.set(new THREE.Vector3(0, 0, 0), dist, -Math.PI / 2 - 0.5, 0.75);
   }
 
@@ -193,6 +193,10 @@ class Viewer {
     const w = window.innerWidth, h = window.innerHeight;
     this.renderer.setSize(w, h, false);
     this.camera.aspect = w / Math.max(h, 1);
+    // centre the scene in the space right of the panel (picking uses the same projection)
+    const panel = $("panel").getBoundingClientRect().right;
+    if (w > 3 * panel) this.camera.setViewOffset(w, h, -panel / 2, 0, w, h);
+    else this.camera.clearViewOffset();
     this.camera.updateProjectionMatrix();
     this.renderNow();
   }
