@@ -9,6 +9,7 @@ import base64
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 import urllib.error
@@ -246,6 +247,23 @@ def test_cli_refuses_non_loopback_hosts_and_bad_files(kitti, tmp_path, capsys):
     assert main(["view", str(bad), "--no-browser"]) == 2
     assert str(bad) in capsys.readouterr().err
     assert main(["view", str(tmp_path / "missing.npz"), "--no-browser"]) == 2
+
+
+def test_cli_serves_on_a_free_loopback_port_until_interrupted(kitti):
+    proc = subprocess.Popen([sys.executable, "-m", "pc_ovseg", "view", str(kitti["path"]), "--no-browser"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        url = line.split(" at ", 1)[1].split()[0]
+        assert url.startswith("http://127.0.0.1:") and f"{len(kitti['xyz']):,} points" in line
+        with urllib.request.urlopen(url + "api/info", timeout=30) as r:
+            assert json.loads(r.read())["n_points"] == len(kitti["xyz"])
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0, proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.stdout.close(); proc.stderr.close()
 
 
 def test_static_assets_are_package_data():
