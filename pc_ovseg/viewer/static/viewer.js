@@ -267,6 +267,8 @@ class Viewer {
     const opt = $("mode").querySelector(`option[value="${mode}"]`);
     if (!opt || opt.disabled) mode = "rgb";
     this.state.mode = mode; $("mode").value = mode;
+    if (mode === "heatmap" && !this.heat) this.message("type a query to see its heatmap");
+    else if (mode === "label" && this.info.queryable && !this.labels) this.message("enter a vocabulary, then press Label view");
     this.recolor();
   }
 
