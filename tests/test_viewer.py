@@ -156,6 +156,11 @@ def test_requests_are_bounded_and_typed(server):
         with pytest.raises(urllib.error.HTTPError) as exc:
             get(server, path)
         assert exc.value.code == 404
+    for host in ("evil.example:80", "127.0.0.1.evil.example"):  # DNS rebinding: a foreign Host header
+        req = urllib.request.Request(server.url + "api/info", headers={"Host": host})
+        with pytest.raises(urllib.error.HTTPError) as exc:
+            urllib.request.urlopen(req, timeout=30)
+        assert exc.value.code == 403
     page, headers = get(server, "/")
     assert b"viewer.js" in page and headers["Content-Type"].startswith("text/html")
     js, headers = get(server, "/static/vendor/three.module.min.js")

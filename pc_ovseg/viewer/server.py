@@ -6,6 +6,7 @@ Client input is JSON with hard length limits and is only ever used as query text
 """
 from __future__ import annotations
 
+import ipaddress
 import json
 import mimetypes
 import socket
@@ -140,8 +141,21 @@ class ViewerHandler(BaseHTTPRequestHandler):
     def _error(self, status: int, message: str) -> None:
         self._json({"error": message}, status)
 
+    def _host_ok(self) -> bool:
+        """Only requests addressed to a loopback name: a web page that rebinds its own DNS name
+        to 127.0.0.1 (DNS rebinding) sends its own Host header and is refused."""
+        host = urlsplit(f"//{self.headers.get('Host', '')}").hostname or ""
+        if host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return False
+
     # -- GET -------------------------------------------------------------------------------------
     def do_GET(self):  # noqa: N802
+        if not self._host_ok():
+            return self._error(403, "requests must be addressed to a loopback host")
         path = urlsplit(self.path).path
         s = self.server.scene
         if path in ("/", "/index.html"):
@@ -175,6 +189,9 @@ class ViewerHandler(BaseHTTPRequestHandler):
 
     # -- POST ------------------------------------------------------------------------------------
     def do_POST(self):  # noqa: N802
+        if not self._host_ok():
+            self.close_connection = True
+            return self._error(403, "requests must be addressed to a loopback host")
         path = urlsplit(self.path).path
         routes = {"/api/heatmap": self._heatmap, "/api/labels": self._labels, "/api/pick": self._pick}
         route = routes.get(path)
