@@ -393,3 +393,26 @@ def test_cli_screenshot(page, kitti, tmp_path):  # `page`: skip/fail like the br
     assert im.shape == (800, 1280, 3)
     hot = (im[:, :, 0] > 150) & (im[:, :, 2] < 100) & (im[:, :, 0] - im[:, :, 2] > 100)
     assert hot[:, 300:].sum() > 50  # the car points, right of the panel
+
+
+def test_browser_plain_cloud_disables_the_query_box(page, shared_data):
+    scene = ViewerScene.from_path(shared_data / "scannet-scene0000" / "scene0000_00.bin", layout="xyzrgb")
+    srv = start_server(scene)
+    try:
+        page.goto(srv.url, wait_until="load")
+        wait_ready(page)
+        assert page.is_disabled("#query") and page.is_disabled("#apply-vocab")
+        assert "no features" in page.inner_text("#message")
+        assert page.evaluate("() => document.querySelector('#mode option[value=heatmap]').disabled")
+        # RGB mode draws the file's own colour bytes (no colour-space conversion); in this dense
+        # room many points are hidden behind others, so compare with a shuffled assignment
+        img = canvas_pixels(page)
+        colour, on = pixels_at_points(page, img)
+        rgb = scene.cloud.rgb.astype(int)
+        assert on.mean() > 0.9
+        exact = (np.abs(colour[on] - rgb[on]).max(1) <= 2).mean()
+        shuffled = (np.abs(colour[on] - np.random.default_rng(0).permutation(rgb[on])).max(1) <= 2).mean()
+        assert exact > 0.4 and exact > 10 * shuffled
+    finally:
+        srv.shutdown()
+        srv.server_close()
