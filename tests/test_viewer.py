@@ -163,6 +163,7 @@ def test_requests_are_bounded_and_typed(server):
         assert exc.value.code == 403
     page, headers = get(server, "/")
     assert b"viewer.js" in page and headers["Content-Type"].startswith("text/html")
+    assert "default-src 'self'" in headers["Content-Security-Policy"]
     js, headers = get(server, "/static/vendor/three.module.min.js")
     assert headers["Content-Type"] == "text/javascript" and len(js) > 500_000
 
@@ -322,6 +323,9 @@ def pixels_at_points(page, img) -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_browser_query_heatmap_labels_click_and_screenshot(page, server, kitti, tmp_path):
+    errors = []  # page errors, console errors and CSP violations all land here
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("console", lambda m: m.type == "error" and errors.append(m.text))
     page.goto(server.url + "?size=3", wait_until="load")
     wait_ready(page)
     assert page.evaluate("() => window.pcViewer.renderer.getContext().isContextLost()") is False
@@ -379,6 +383,7 @@ def test_browser_query_heatmap_labels_click_and_screenshot(page, server, kitti, 
     from PIL import Image
     im = np.asarray(Image.open(shot).convert("RGB"))
     assert im.shape[:2] == img.shape[:2] and len(np.unique(im.reshape(-1, 3), axis=0)) > 5
+    assert errors == []
 
 
 def test_cli_screenshot(page, kitti, tmp_path):  # `page`: skip/fail like the browser test

@@ -28,6 +28,9 @@ MAX_QUERY = 200                # characters of one query
 MAX_VOCAB = 64                 # names in a vocabulary (labels fit in uint8 with NO_LABEL to spare)
 MAX_NAME = 64                  # characters of one vocabulary name
 assert MAX_VOCAB < NO_LABEL
+#: The page loads only its own files and talks only to this server (inline styles: legend swatches).
+CSP = ("default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; connect-src 'self'; "
+       "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'none'")
 
 
 class BadRequest(ValueError):
@@ -185,7 +188,8 @@ class ViewerHandler(BaseHTTPRequestHandler):
         ctype = {".js": "text/javascript", ".mjs": "text/javascript", ".css": "text/css",
                  ".html": "text/html; charset=utf-8"}.get(path.suffix) \
             or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-        self._send(200, path.read_bytes(), ctype)
+        headers = {"Content-Security-Policy": CSP} if path.suffix == ".html" else None
+        self._send(200, path.read_bytes(), ctype, headers)
 
     # -- POST ------------------------------------------------------------------------------------
     def do_POST(self):  # noqa: N802
