@@ -1,6 +1,7 @@
 """``pc-ovseg view``: a local web viewer that shows a cloud and answers text queries on it.
 
     scene = ViewerScene.from_path("result.npz")     # FeatureCloud .npz or any readable cloud
+    # or ViewerScene.from_feature_cloud(fc, query_engine=QueryEngine(fc, text_encoder=enc))
     server = start_server(scene)                     # 127.0.0.1, free port, daemon thread
     print(server.url); ...; server.shutdown()
 

@@ -9,11 +9,15 @@ import os
 import zipfile
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..data import FeatureCloud, PointCloud
 from ..errors import InputError, PcOvsegError, check_input_path
+
+if TYPE_CHECKING:
+    from ..query import QueryEngine
 
 #: Per-point fields of plain clouds that hold integer class labels (shown in "label" mode).
 LABEL_FIELDS = ("label", "labels", "semantic", "semantic_label", "class", "classification", "scalar_label")
@@ -31,7 +35,8 @@ class ViewerScene:
     title: str = ""
     seed: int = 0
     query_error: str | None = None        # why a result cannot be queried (e.g. missing weights)
-    _engine: object = field(default=None, repr=False)
+    #: an engine built by the caller (e.g. with an already loaded text encoder); else built lazily
+    query_engine: "QueryEngine | None" = field(default=None, repr=False)
 
     # -- construction -----------------------------------------------------------------------
     @classmethod
@@ -54,6 +59,8 @@ class ViewerScene:
     def __post_init__(self):
         if self.features is not None and len(self.features.features) != len(self.cloud):
             raise ValueError("features and cloud differ in length")
+        if self.query_engine is not None and self.query_engine.fc is not self.features:
+            raise ValueError("query_engine was built for another feature cloud")
         if self.max_display_points < 1:
             raise ValueError("max_display_points must be >= 1")
 
@@ -151,13 +158,13 @@ class ViewerScene:
         return None
 
     @property
-    def engine(self):
+    def engine(self) -> "QueryEngine":
         if self.features is None:
             raise RuntimeError("a plain cloud has no features to query")
-        if self._engine is None:
+        if self.query_engine is None:
             from ..query import QueryEngine
-            self._engine = QueryEngine(self.features)
-        return self._engine
+            self.query_engine = QueryEngine(self.features)
+        return self.query_engine
 
     def prepare(self) -> None:
         """Build the query engine and run one query now, so the first real query is fast.
