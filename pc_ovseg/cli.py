@@ -412,6 +412,64 @@ def _is_feature_file(path: str) -> bool:
 
 
 # --- view (viewer) ---------------------------------------------------------------------------
+def _view_args(p):
+    p.add_argument("result", help="a FeatureCloud .npz (fused or distilled) or a plain cloud file")
+    p.add_argument("--port", type=int, default=0, help="port to serve on (default: a free one)")
+    p.add_argument("--host", default="127.0.0.1", help="loopback address to bind (default 127.0.0.1)")
+    p.add_argument("--no-browser", action="store_true", help="do not open a browser")
+    p.add_argument("--screenshot", metavar="PATH", help="save the page as PNG in headless Chromium, then exit")
+    p.add_argument("--query", help="start with this query's heatmap (also for --screenshot)")
+    p.add_argument("--vocabulary", help="comma-separated class names for the label view")
+    p.add_argument("--mode", choices=["rgb", "label", "heatmap", "coverage"], help="starting colour mode")
+    p.add_argument("--point-size", type=float, help="starting point size in pixels")
+    p.add_argument("--max-display-points", type=int, default=2_000_000,
+                   help="subsample larger clouds for display; queries still use every point")
+    p.add_argument("--layout", help="raw .bin/.npy column layout of a plain cloud, e.g. xyzrgb")
+
+
+@command("view", "show a result or cloud in a local web viewer and query it")
+@arguments(_view_args)
+def cmd_view(args) -> int:
+    import ipaddress
+    from urllib.parse import urlencode
+
+    from .errors import InputError
+    from .viewer import ViewerScene, screenshot, start_server
+
+    try:
+        loopback = args.host == "localhost" or ipaddress.ip_address(args.host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise InputError(None, f"--host {args.host}: the viewer serves on loopback addresses only")
+    if args.max_display_points < 1:
+        raise InputError(None, "--max-display-points must be at least 1")
+    scene = ViewerScene.from_path(args.result, layout=args.layout, max_display_points=args.max_display_points)
+    scene.prepare()
+    try:
+        server = start_server(scene, args.host, args.port, quiet=not os.environ.get("PC_OVSEG_DEBUG"))
+    except OSError as err:
+        raise InputError(None, f"cannot listen on {args.host}:{args.port}: {err.strerror or err}") from None
+    params = {k: v for k, v in (("q", args.query), ("vocab", args.vocabulary), ("mode", args.mode),
+                                ("size", args.point_size)) if v is not None}
+    url = server.url + (f"?{urlencode(params)}" if params else "")
+    try:
+        if args.screenshot:
+            out = screenshot(url, args.screenshot)
+            print(f"saved {out}")
+            return 0
+        print(f"pc-ovseg view: {scene.n_points:,} points at {url} (Ctrl-C to stop)", flush=True)
+        if not args.no_browser:
+            import webbrowser
+            webbrowser.open(url)
+        import threading
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        server.shutdown()
+        server.server_close()
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:

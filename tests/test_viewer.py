@@ -1,0 +1,423 @@
+"""pc-ovseg view: HTTP API and end-to-end in headless Chromium on a result with known answers.
+
+The result is the SemanticKITTI sample with one-hot features from its ground-truth labels (the
+oracle), so "car" is a query whose right answer is exactly the car points.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+
+from pc_ovseg.cli import main
+from pc_ovseg.data import FeatureCloud, PointCloud
+from pc_ovseg.viewer import BrowserError, ViewerScene, start_server
+from pc_ovseg.viewer.browser import headless_page, wait_ready
+from pc_ovseg.viewer.server import MAX_BODY, STATIC_DIR
+
+KITTI_NAMES = ["unlabeled", "car", "bicycle", "motorcycle", "truck", "other-vehicle", "person", "bicyclist",
+               "motorcyclist", "road", "parking", "sidewalk", "other-ground", "building", "fence", "vegetation",
+               "trunk", "terrain", "pole", "traffic-sign"]
+CAR = KITTI_NAMES.index("car")
+
+
+# ---- fixtures -------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def kitti(shared_data, tmp_path_factory):
+    d = shared_data / "semantickitti"
+    xyz = np.load(d / "points_000000.npy")
+    gt = np.load(d / "labels_000000.npy").reshape(-1).astype(np.int64)
+    feats = np.eye(len(KITTI_NAMES), dtype=np.float16)[gt]
+    views = (np.arange(len(xyz)) % 5).astype(np.uint16)  # a known coverage pattern, 0 = unseen
+    weight = (views > 0).astype(np.float32)
+    fc = FeatureCloud(PointCloud(xyz, origin=np.array([1000.0, 2000.0, 10.0])), feats, weight, views,
+                      "labels", KITTI_NAMES, {"note": "one-hot oracle features"})
+    path = tmp_path_factory.mktemp("viewer") / "kitti_oracle.npz"
+    fc.save(path)
+    return {"path": path, "xyz": xyz, "gt": gt, "seen": weight > 0, "views": views}
+
+
+@pytest.fixture(scope="module")
+def server(kitti):
+    scene = ViewerScene.from_path(kitti["path"])
+    scene.prepare()
+    srv = start_server(scene)
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def get(srv, path):
+    with urllib.request.urlopen(srv.url.rstrip("/") + path, timeout=30) as r:
+        return r.read(), r.headers
+
+
+def post(srv, path, body, *, raw: bytes | None = None, ctype="application/json"):
+    data = raw if raw is not None else json.dumps(body).encode()
+    req = urllib.request.Request(srv.url.rstrip("/") + path, data=data, headers={"Content-Type": ctype})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, r.read(), r.headers
+    except urllib.error.HTTPError as err:
+        return err.code, err.read(), err.headers
+
+
+# ---- API ------------------------------------------------------------------------------------
+def test_info_and_binary_cloud(server, kitti):
+    info = json.loads(get(server, "/api/info")[0])
+    n = len(kitti["xyz"])
+    assert info["n_points"] == info["n_display"] == n
+    assert info["queryable"] and info["vocabulary"] == KITTI_NAMES
+    assert info["coverage_max"] == 4 and info["coverage"] == pytest.approx(kitti["seen"].mean(), abs=1e-3)
+    pos, headers = get(server, "/api/positions")
+    assert headers["Content-Type"] == "application/octet-stream"
+    pos = np.frombuffer(pos, "<f4").reshape(-1, 3)
+    world = pos.astype(np.float64) + np.array(info["centre"])
+    np.testing.assert_allclose(world, kitti["xyz"].astype(np.float64) + [1000.0, 2000.0, 10.0], atol=1e-3)
+    cov = np.frombuffer(get(server, "/api/coverage")[0], "<u2")
+    np.testing.assert_array_equal(cov, kitti["views"])
+    with pytest.raises(urllib.error.HTTPError) as exc:
+        get(server, "/api/colors")  # the scan has no colour
+    assert exc.value.code == 404
+
+
+def test_heatmap_and_labels_are_exact_on_oracle_features(server, kitti):
+    status, body, headers = post(server, "/api/heatmap", {"query": "car"})
+    assert status == 200 and float(headers["X-Query-Ms"]) >= 0
+    heat = np.frombuffer(body, np.uint8)
+    car = (kitti["gt"] == CAR) & kitti["seen"]
+    assert heat.shape == (len(kitti["xyz"]),)
+    assert (heat[car] >= 250).all() and (heat[~car] == 0).all()
+
+    status, body, headers = post(server, "/api/labels", {"vocabulary": KITTI_NAMES})
+    labels = np.frombuffer(body, np.uint8)
+    np.testing.assert_array_equal(labels[kitti["seen"]], kitti["gt"][kitti["seen"]])
+    assert (labels[~kitti["seen"]] == 255).all()
+    counts = list(map(int, headers["X-Label-Counts"].split(",")))
+    assert counts == np.bincount(kitti["gt"][kitti["seen"]], minlength=len(KITTI_NAMES)).tolist()
+
+
+def test_pick_gives_label_score_and_top5(server, kitti):
+    pid = int(np.flatnonzero((kitti["gt"] == CAR) & kitti["seen"])[0])
+    status, body, _ = post(server, "/api/pick", {"index": pid})
+    d = json.loads(body)
+    assert status == 200 and d["point_id"] == pid and d["label"] == "car" and d["score"] > 0.99
+    assert [t["name"] for t in d["topk"]][0] == "car" and len(d["topk"]) == 5
+    assert d["view_count"] == kitti["views"][pid]
+    unseen = int(np.flatnonzero(~kitti["seen"])[0])
+    d = json.loads(post(server, "/api/pick", {"index": unseen, "vocabulary": ["car", "road"]})[1])
+    assert d["label"] is None and d["topk"] == []
+
+
+@pytest.mark.parametrize("body, problem", [
+    ({"query": "x" * 201}, "longer than 200"),
+    ({"query": ""}, "empty"),
+    ({"query": 3}, "must be a string"),
+    ({"query": "car\x00"}, "control"),
+    ({}, "must be a string"),
+])
+def test_heatmap_rejects_bad_queries(server, body, problem):
+    status, out, _ = post(server, "/api/heatmap", body)
+    assert status == 400 and problem in json.loads(out)["error"]
+
+
+@pytest.mark.parametrize("body, problem", [
+    ({"vocabulary": [f"c{i}" for i in range(65)]}, "more than 64"),
+    ({"vocabulary": ["x" * 65]}, "longer than 64"),
+    ({"vocabulary": "car,road"}, "list"),
+    ({"vocabulary": []}, "empty"),
+    ({"vocabulary": ["car", "car"]}, "duplicate"),
+    ({"vocabulary": ["car", {"__class__": 1}]}, "must be a string"),
+])
+def test_labels_rejects_bad_vocabularies(server, body, problem):
+    status, out, _ = post(server, "/api/labels", body)
+    assert status == 400 and problem in json.loads(out)["error"]
+
+
+def test_requests_are_bounded_and_typed(server):
+    status, out, _ = post(server, "/api/heatmap", None, raw=b"{" + b" " * MAX_BODY + b"}")
+    assert status == 400 and "larger than" in json.loads(out)["error"]
+    assert post(server, "/api/heatmap", None, raw=b"__import__('os')")[0] == 400
+    assert post(server, "/api/heatmap", None, raw=b'["car"]')[0] == 400
+    assert post(server, "/api/heatmap", {"query": "car"}, ctype="text/plain")[0] == 400
+    for index in (-1, 10**9, True, "3", 1.5):
+        assert post(server, "/api/pick", {"index": index})[0] == 400
+    assert post(server, "/api/eval", {"query": "car"})[0] == 404
+    for path in ("/static/../server.py", "/static/%2e%2e/server.py", "/../pc_ovseg/viewer/server.py"):
+        with pytest.raises(urllib.error.HTTPError) as exc:
+            get(server, path)
+        assert exc.value.code == 404
+    for host in ("evil.example:80", "127.0.0.1.evil.example"):  # DNS rebinding: a foreign Host header
+        req = urllib.request.Request(server.url + "api/info", headers={"Host": host})
+        with pytest.raises(urllib.error.HTTPError) as exc:
+            urllib.request.urlopen(req, timeout=30)
+        assert exc.value.code == 403
+    page, headers = get(server, "/")
+    assert b"viewer.js" in page and headers["Content-Type"].startswith("text/html")
+    assert "default-src 'self'" in headers["Content-Security-Policy"]
+    js, headers = get(server, "/static/vendor/three.module.min.js")
+    assert headers["Content-Type"] == "text/javascript" and len(js) > 500_000
+
+
+def test_decimated_display_keeps_queries_on_all_points(kitti):
+    scene = ViewerScene.from_path(kitti["path"], max_display_points=10_000)
+    ids = scene.display_ids
+    assert len(ids) == 10_000 and (np.diff(ids) > 0).all()
+    srv = start_server(scene)
+    try:
+        assert json.loads(get(srv, "/api/info")[0])["n_display"] == 10_000
+        np.testing.assert_array_equal(np.frombuffer(get(srv, "/api/display_ids")[0], "<u4"), ids)
+        assert len(get(srv, "/api/positions")[0]) == 10_000 * 12
+        heat = np.frombuffer(post(srv, "/api/heatmap", {"query": "car"})[1], np.uint8)
+        full = scene.engine.heatmap("car")
+        np.testing.assert_array_equal(heat, np.round(full[ids] * 255).astype(np.uint8))
+        d = json.loads(post(srv, "/api/pick", {"index": 5})[1])
+        assert d["point_id"] == ids[5]
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_plain_cloud_has_colour_modes_only(shared_data):
+    path = shared_data / "scannet-scene0000" / "scene0000_00.bin"
+    raw = np.fromfile(path, np.float32).reshape(-1, 6)
+    scene = ViewerScene.from_path(path, layout="xyzrgb")
+    srv = start_server(scene)
+    try:
+        info = json.loads(get(srv, "/api/info")[0])
+        assert not info["queryable"] and "no features" in info["message"] and info["has_rgb"]
+        assert info["title"] == "scene0000_00.bin" and info["coverage_max"] is None
+        rgb = np.frombuffer(get(srv, "/api/colors")[0], np.uint8).reshape(-1, 3)
+        np.testing.assert_array_equal(rgb, raw[:, 3:].astype(np.uint8))
+        assert post(srv, "/api/heatmap", {"query": "chair"})[0] == 409
+        assert post(srv, "/api/labels", {"vocabulary": ["chair"]})[0] == 409
+        d = json.loads(post(srv, "/api/pick", {"index": 7})[1])
+        np.testing.assert_allclose(d["xyz"], raw[7, :3], atol=1e-3)
+        assert d["rgb"] == raw[7, 3:].astype(np.uint8).tolist() and "label" not in d
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_result_without_text_encoder_weights_stays_viewable(tmp_path):
+    rng = np.random.default_rng(0)
+    feats = rng.standard_normal((500, 512)).astype(np.float32)
+    feats /= np.linalg.norm(feats, axis=1, keepdims=True)
+    fc = FeatureCloud(PointCloud(rng.uniform(0, 1, (500, 3))), feats.astype(np.float16),
+                      np.ones(500, np.float32), np.full(500, 3, np.uint16),
+                      f"clip:ViT-B-32:{tmp_path / 'missing.pt'}")
+    scene = ViewerScene.from_feature_cloud(fc)
+    scene.prepare()  # no CLIP weights on this machine: queries off, with the reason
+    assert not scene.queryable and "weights" in scene.message
+    srv = start_server(scene)
+    try:
+        info = json.loads(get(srv, "/api/info")[0])
+        assert not info["queryable"] and info["message"] == scene.message and info["coverage_max"] == 3
+        status, out, _ = post(srv, "/api/heatmap", {"query": "chair"})
+        assert status == 409 and "weights" in json.loads(out)["error"]
+        d = json.loads(post(srv, "/api/pick", {"index": 3})[1])
+        assert d["view_count"] == 3 and "weights" in d["note"]
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_plain_cloud_label_field_gives_the_label_view(shared_data):
+    scene = ViewerScene.from_path(shared_data / "las" / "sample_c.las")
+    cls = scene.cloud.fields["classification"]
+    srv = start_server(scene)
+    try:
+        names = json.loads(get(srv, "/api/info")[0])["field_labels"]
+        assert names == [f"classification {c}" for c in np.unique(cls)]
+        lab = np.frombuffer(get(srv, "/api/field_labels")[0], np.uint8)
+        np.testing.assert_array_equal(np.unique(cls)[lab], cls)
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_cli_refuses_non_loopback_hosts_and_bad_files(kitti, tmp_path, capsys):
+    assert main(["view", str(kitti["path"]), "--host", "0.0.0.0", "--no-browser"]) == 2
+    assert "loopback" in capsys.readouterr().err
+    bad = tmp_path / "broken.npz"
+    bad.write_bytes(b"PK\x03\x04 not a zip")
+    assert main(["view", str(bad), "--no-browser"]) == 2
+    assert str(bad) in capsys.readouterr().err
+    assert main(["view", str(tmp_path / "missing.npz"), "--no-browser"]) == 2
+
+
+def test_cli_serves_on_a_free_loopback_port_until_interrupted(kitti):
+    proc = subprocess.Popen([sys.executable, "-m", "pc_ovseg", "view", str(kitti["path"]), "--no-browser"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        url = line.split(" at ", 1)[1].split()[0]
+        assert url.startswith("http://127.0.0.1:") and f"{len(kitti['xyz']):,} points" in line
+        with urllib.request.urlopen(url + "api/info", timeout=30) as r:
+            assert json.loads(r.read())["n_points"] == len(kitti["xyz"])
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0, proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.stdout.close(); proc.stderr.close()
+
+
+def test_static_assets_are_package_data():
+    names = {p.relative_to(STATIC_DIR).as_posix() for p in STATIC_DIR.rglob("*") if p.is_file()}
+    assert {"index.html", "viewer.js", "viewer.css", "vendor/three.module.min.js", "vendor/LICENSE.three"} <= names
+    js = (STATIC_DIR / "viewer.js").read_text()
+    assert 'from "./vendor/three.module.min.js"' in js  # nothing fetched from a CDN
+    assert "http://" not in js and "https://" not in js
+
+
+# ---- headless Chromium ----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def page():
+    try:
+        with headless_page() as pg:
+            yield pg
+    except BrowserError as err:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"headless Chromium is required in CI: {err}")
+        pytest.skip(str(err))
+
+
+def canvas_pixels(page) -> np.ndarray:
+    from PIL import Image
+    url = page.evaluate("() => { window.pcViewer.renderNow(); return window.pcViewer.canvas.toDataURL('image/png'); }")
+    png = base64.b64decode(url.split(",", 1)[1])
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+
+
+PROJECT_B64 = """() => {
+  const u = new Uint8Array(window.pcViewer.project().buffer); let s = "";
+  for (let i = 0; i < u.length; i += 0x8000) s += String.fromCharCode.apply(null, u.subarray(i, i + 0x8000));
+  return btoa(s);
+}"""
+
+
+def project(page) -> np.ndarray:
+    """(M, 3) screen x, y (CSS pixels) and depth of every displayed point, as the page computes them."""
+    return np.frombuffer(base64.b64decode(page.evaluate(PROJECT_B64)), "<f4").reshape(-1, 3).astype(np.float64)
+
+
+def pixels_at_points(page, img) -> tuple[np.ndarray, np.ndarray]:
+    """(M, 3) rendered colour at each displayed point's projection, and a mask of those on screen."""
+    proj = project(page)
+    h, w, _ = img.shape
+    x, y = np.floor(proj[:, 0]).astype(int), np.floor(proj[:, 1]).astype(int)
+    on = (proj[:, 2] > 0) & (x >= 0) & (x < w) & (y >= 0) & (y < h)
+    colour = np.zeros((len(proj), 3), np.int32)
+    colour[on] = img[y[on], x[on]]
+    return colour, on
+
+
+def test_browser_query_heatmap_labels_click_and_screenshot(page, server, kitti, tmp_path):
+    errors = []  # page errors, console errors and CSP violations all land here
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("console", lambda m: m.type == "error" and errors.append(m.text))
+    page.goto(server.url + "?size=3", wait_until="load")
+    wait_ready(page)
+    assert page.evaluate("() => window.pcViewer.renderer.getContext().isContextLost()") is False
+
+    # type a query (no Enter: the box sends it when typing pauses): car points turn hot, the rest stay grey
+    page.locator("#query").press_sequentially("car", delay=40)
+    page.wait_for_function("() => pcViewer.state.heatQuery === 'car' && pcViewer.pending === 0 && pcViewer.state.mode === 'heatmap'")
+    img = canvas_pixels(page)
+    colour, on = pixels_at_points(page, img)
+    hot = (colour[:, 0] > 150) & (colour[:, 2] < 100) & (colour[:, 0] - colour[:, 2] > 100)
+    car = (kitti["gt"] == CAR) & kitti["seen"]
+    assert on[car].sum() > 100, "too few car points on screen to judge"
+    assert hot[car & on].mean() > 0.6
+    assert hot[~car & on].mean() < 0.02
+    assert "car" in page.inner_text("#legend")
+
+    # label view over the full vocabulary: pixels take their class's legend colour
+    page.fill("#vocabulary", ", ".join(KITTI_NAMES))
+    page.click("#apply-vocab")
+    page.wait_for_function("() => pcViewer.state.mode === 'label' && pcViewer.pending === 0 && pcViewer.legend.length === 20")
+    legend = page.evaluate("() => pcViewer.legend.map(e => e.color)")
+    img = canvas_pixels(page)
+    colour, on = pixels_at_points(page, img)
+    for name in ("car", "road", "vegetation", "terrain"):
+        k = KITTI_NAMES.index(name)
+        members = (kitti["gt"] == k) & kitti["seen"] & on
+        match = (np.abs(colour[members] - np.array(legend[k])).max(1) <= 2).mean()
+        assert match > 0.7, f"{name}: only {match:.0%} of its points drawn in its legend colour"
+    assert "terrain" in page.inner_text("#legend")
+
+    # click a car point whose neighbourhood is all car-coloured: the panel shows car and a top-5
+    proj = project(page)
+    car_rgb = np.array(legend[CAR])
+    target = None
+    for i in np.flatnonzero(car & on):
+        x, y = int(proj[i, 0]), int(proj[i, 1])
+        patch = img[max(y - 4, 0):y + 5, max(x - 4, 0):x + 5].reshape(-1, 3).astype(int)
+        drawn = (patch != img[0, 0]).any(1)  # ignore background pixels
+        if drawn.sum() >= 9 and (np.abs(patch[drawn] - car_rgb).max(1) <= 2).all() and x > 300:
+            target = (proj[i, 0], proj[i, 1])
+            break
+    assert target is not None
+    page.mouse.click(*target)
+    page.wait_for_function("() => pcViewer.lastPick !== null && pcViewer.pending === 0")
+    assert page.inner_text("#pick .pick-label") == "car"
+    rows = page.locator("#pick table.topk tr")
+    assert rows.count() == 5 and "car" in rows.nth(0).inner_text()
+
+    # coverage mode and the screenshot button (canvas.toDataURL download)
+    page.select_option("#mode", "coverage")
+    with page.expect_download() as dl:
+        page.click("#screenshot")
+    shot = tmp_path / "button.png"
+    dl.value.save_as(shot)
+    from PIL import Image
+    im = np.asarray(Image.open(shot).convert("RGB"))
+    assert im.shape[:2] == img.shape[:2] and len(np.unique(im.reshape(-1, 3), axis=0)) > 5
+    assert errors == []
+
+
+def test_cli_screenshot(page, kitti, tmp_path):  # `page`: skip/fail like the browser test
+    from PIL import Image
+    out = tmp_path / "view.png"
+    # its own process: Playwright's sync API cannot nest inside the `page` fixture's session
+    proc = subprocess.run([sys.executable, "-m", "pc_ovseg", "view", str(kitti["path"]), "--screenshot", str(out),
+                           "--query", "car", "--point-size", "3"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"saved {out}"
+    im = np.asarray(Image.open(out).convert("RGB")).astype(int)
+    assert im.shape == (800, 1280, 3)
+    hot = (im[:, :, 0] > 150) & (im[:, :, 2] < 100) & (im[:, :, 0] - im[:, :, 2] > 100)
+    assert hot[:, 300:].sum() > 50  # the car points, right of the panel
+
+
+def test_browser_plain_cloud_disables_the_query_box(page, shared_data):
+    scene = ViewerScene.from_path(shared_data / "scannet-scene0000" / "scene0000_00.bin", layout="xyzrgb")
+    srv = start_server(scene)
+    try:
+        page.goto(srv.url, wait_until="load")
+        wait_ready(page)
+        assert page.is_disabled("#query") and page.is_disabled("#apply-vocab")
+        assert "no features" in page.inner_text("#message")
+        assert page.evaluate("() => document.querySelector('#mode option[value=heatmap]').disabled")
+        # RGB mode draws the file's own colour bytes (no colour-space conversion); in this dense
+        # room many points are hidden behind others, so compare with a shuffled assignment
+        img = canvas_pixels(page)
+        colour, on = pixels_at_points(page, img)
+        rgb = scene.cloud.rgb.astype(int)
+        assert on.mean() > 0.9
+        exact = (np.abs(colour[on] - rgb[on]).max(1) <= 2).mean()
+        shuffled = (np.abs(colour[on] - np.random.default_rng(0).permutation(rgb[on])).max(1) <= 2).mean()
+        assert exact > 0.4 and exact > 10 * shuffled
+    finally:
+        srv.shutdown()
+        srv.server_close()
