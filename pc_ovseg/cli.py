@@ -472,13 +472,17 @@ def cmd_view(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """All subcommands; with ``only``, just that one gets its options (imports stay lazy, so
+    `pc-ovseg info` never loads torch)."""
     from . import __version__
     parser = argparse.ArgumentParser(prog="pc-ovseg", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"pc_ovseg {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (add_args, _, help_) in COMMANDS.items():
-        add_args(sub.add_parser(name, help=help_, description=help_))
+        p = sub.add_parser(name, help=help_, description=help_)
+        if only is None or name == only:
+            add_args(p)
     return parser
 
 
@@ -489,7 +493,9 @@ def main(argv: list[str] | None = None) -> int:
         import warnings
         warnings.simplefilter("ignore")
         logging.disable(logging.CRITICAL)
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    only = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(only if only in COMMANDS else None).parse_args(argv)
     _, run, _ = COMMANDS[args.command]
     try:
         return int(run(args) or 0)

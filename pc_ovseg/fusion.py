@@ -31,7 +31,8 @@ class FusionConfig:
     border: float = 0.05          # weight ramps from 0.25 to 1 over this fraction of the image edge
     not_drawn: float = 0.1        # weight when the pixel shows another point (index map) than this one
     balance: str = "granularity"  # "granularity" (sample-balanced) or "none" (plain weighted mean)
-    segments: float = 0.7         # blend with the mean over geometric segments (0 = off)
+    segments: float = 0.5         # blend with the mean over geometric segments (0 = off) ...
+    segments_disagree: float = 1.5  # ... plus this much more where the views disagree (see result)
     smoothing: float = 0.0        # 0 = off; else blend with the kNN mean of fused features
     smoothing_k: int = 8
 
@@ -142,14 +143,17 @@ class FeatureFusion:
         native.fuse_accumulate(self.acc, self.wsum, self.count, vis.point_ids, f, w)
 
     def result(self, cloud: PointCloud, *, encoder: str = "", class_names=None, meta=None) -> FeatureCloud:
-        native.normalize_rows_half(self.acc)
+        # the norm of a weighted mean of unit features is 1 where every view agreed and falls as
+        # they disagree: points the views argue about lean more on their segment
+        agreement = native.normalize_rows_half(self.acc)
         weight = self.wsum.copy()
         if self.cfg.balance != "none" and self.totals.shape[1]:
             weight = self.totals.sum(1) * (self.wsum > 0)  # confidence = geometric evidence
         fc = FeatureCloud(cloud, self.acc, weight.astype(np.float32), self.count, encoder, class_names,
                           dict(meta or {}, fusion=vars(self.cfg).copy()))
         if self.cfg.segments > 0:
-            smooth_over_segments(fc, geometric_segments(cloud), self.cfg.segments)
+            strength = np.clip(self.cfg.segments + self.cfg.segments_disagree * (1.0 - agreement), 0.0, 0.95)
+            smooth_over_segments(fc, geometric_segments(cloud), strength)
         if self.cfg.smoothing > 0:
             smooth_features(fc, self.cfg.smoothing, self.cfg.smoothing_k)
         return fc
@@ -240,7 +244,7 @@ def geometric_segments(cloud: PointCloud, *, k: int = 10, threshold: float = 0.0
     return seg
 
 
-def smooth_over_segments(fc: FeatureCloud, segments: np.ndarray, strength: float = 0.7,
+def smooth_over_segments(fc: FeatureCloud, segments: np.ndarray, strength: float | np.ndarray = 0.5,
                          chunk: int = 64) -> None:
     """Blend each seen point's feature with its segment's weighted mean feature (in place).
 
@@ -254,6 +258,7 @@ def smooth_over_segments(fc: FeatureCloud, segments: np.ndarray, strength: float
     seg = segments[idx]
     n_seg = int(seg.max()) + 1
     w = fc.weight[idx].astype(np.float64)
+    s = np.broadcast_to(np.asarray(strength, np.float32), (len(fc.weight),))[idx][:, None]
     wsum = np.bincount(seg, weights=w, minlength=n_seg)
     D = fc.features.shape[1]
     mixed = np.empty((len(idx), D), np.float32)
@@ -261,6 +266,6 @@ def smooth_over_segments(fc: FeatureCloud, segments: np.ndarray, strength: float
         f = fc.features[idx, c:c + chunk].astype(np.float32)
         means = np.stack([np.bincount(seg, weights=w * f[:, j], minlength=n_seg) for j in range(f.shape[1])], 1)
         means /= np.maximum(wsum, 1e-12)[:, None]
-        mixed[:, c:c + chunk] = (1 - strength) * f + strength * means[seg]
+        mixed[:, c:c + chunk] = (1 - s) * f + s * means[seg]
     mixed /= np.maximum(np.linalg.norm(mixed, axis=1, keepdims=True), 1e-8)
     fc.features[idx] = mixed.astype(np.float16)

@@ -132,11 +132,11 @@ def segment_graph(n: int, u: np.ndarray, v: np.ndarray, w: np.ndarray, k: float,
     return _C.segment_graph(int(n), _f(u, np.int64), _f(v, np.int64), _f(w), float(k), int(min_size))
 
 
-def normalize_rows_half(acc: np.ndarray) -> None:
-    """In place L2 normalisation of float16 rows (zero rows stay zero)."""
+def normalize_rows_half(acc: np.ndarray) -> np.ndarray:
+    """In place L2 normalisation of float16 rows (zero rows stay zero); returns the prior norms."""
     if acc.dtype != np.float16 or not acc.flags.c_contiguous:
         raise ValueError("acc must be a C-contiguous float16 array")
-    _C.normalize_rows_half(acc.view(np.uint16))
+    return _C.normalize_rows_half(acc.view(np.uint16))
 
 
 

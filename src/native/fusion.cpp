@@ -104,19 +104,24 @@ void add_weights(Array<float, nb::ndim<2>> totals, In<int64_t, nb::ndim<1>> ids,
   }
 }
 
-void normalize_rows_half(Array<uint16_t, nb::ndim<2>> acc) {
+Array<float> normalize_rows_half(Array<uint16_t, nb::ndim<2>> acc) {
   const int64_t n = acc.shape(0), d = acc.shape(1);
   uint16_t* A = acc.data();
-  nb::gil_scoped_release release;
+  float* norms = new float[n];
+  {
+    nb::gil_scoped_release release;
 #pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < n; ++i) {
-    uint16_t* a = A + i * d;
-    double s = 0;
-    for (int64_t j = 0; j < d; ++j) { const double v = half_to_float(a[j]); s += v * v; }
-    if (s <= 1e-16) continue;
-    const float inv = float(1.0 / std::sqrt(s));
-    for (int64_t j = 0; j < d; ++j) a[j] = float_to_half(half_to_float(a[j]) * inv);
+    for (int64_t i = 0; i < n; ++i) {
+      uint16_t* a = A + i * d;
+      double s = 0;
+      for (int64_t j = 0; j < d; ++j) { const double v = half_to_float(a[j]); s += v * v; }
+      norms[i] = float(std::sqrt(s));
+      if (s <= 1e-16) continue;
+      const float inv = float(1.0 / std::sqrt(s));
+      for (int64_t j = 0; j < d; ++j) a[j] = float_to_half(half_to_float(a[j]) * inv);
+    }
   }
+  return to_numpy(norms, {(size_t)n});
 }
 
 // Felzenszwalb-Huttenlocher graph segmentation (as ScanNet's mesh segmentator, here on a point
@@ -187,7 +192,7 @@ void bind_fusion(nb::module_& m) {
         "totals[ids, group] += weights (pass 1 of balanced fusion).");
   m.def("segment_graph", &segment_graph, nb::arg("n"), nb::arg("u"), nb::arg("v"), nb::arg("w"), nb::arg("k"),
         nb::arg("min_size"), "Felzenszwalb segmentation of an n-node graph -> segment id per node (0..S-1).");
-  m.def("normalize_rows_half", &normalize_rows_half, nb::arg("acc"), "L2-normalise fp16 rows in place.");
+  m.def("normalize_rows_half", &normalize_rows_half, nb::arg("acc"), "L2-normalise fp16 rows in place; returns the norms before (view agreement of a mean of unit vectors).");
 }
 
 }  // namespace pcov
