@@ -21,6 +21,7 @@ from .render import MAX_SPLAT_PX, SPLAT_SCALE, VIS_TOL_SPACING, render_mesh, spl
 PLANNERS: dict[str, Callable] = {}
 TARGET_COVERAGE = 0.995   # default goal: the done-when bar is 0.99, keep a margin
 MAX_REPAIR_VIEWS = 80
+MIN_CLOSER_VIEWS = 4
 
 
 def planner(name: str):
@@ -191,7 +192,7 @@ def plan_aerial(f: _Frame, w: int, h: int) -> list[tuple[Camera, str]]:
     ground = np.percentile(f.xyz[:, 2], 5) if len(f.xyz) else lo[2]
     cams: list[tuple[Camera, str]] = []
     # finer tilings only where there are enough points for them to show more than the coarser ones
-    levels = [(n, g) for n, g in ((1, "scene"), (2, "mid"), (4, "close")) if n == 1 or len(f.xyz) >= 2500 * n * n]
+    levels = [(n, g) for n, g in ((1, "scene"), (2, "mid"), (4, "close")) if n <= 2 or len(f.xyz) >= 2500 * n * n]
     for n_tiles, gran in levels:
         size = f.ext[:2] / n_tiles
         for i in range(n_tiles):
@@ -359,6 +360,13 @@ def plan_cameras(scene: PointCloud | Mesh, *, kind: str = "auto", max_views: int
         if gains[k] < min_gain:
             break
         i = rest.pop(k)
+        chosen.append(proposals[i]); vis_cache.append(vis[i]); seen[vis[i]] = True
+    # every plan has closer views too (2D models see small things better up close), even when
+    # the whole-scene views already reach the target
+    closer = [i for i in rest if len(vis[i])]
+    closer.sort(key=lambda i: -len(vis[i]))
+    while sum(g != "scene" for _, g in chosen) < MIN_CLOSER_VIEWS and closer and len(chosen) < budget:
+        i = closer.pop(0)
         chosen.append(proposals[i]); vis_cache.append(vis[i]); seen[vis[i]] = True
     if seen.mean() < target and len(chosen) < budget and len(xyz):
         _repair(scene, f, kind, seen, target, budget, width, height, chosen, vis_cache)
