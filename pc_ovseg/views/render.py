@@ -131,6 +131,8 @@ def pick_shading(cloud: PointCloud, shading: str = "auto") -> str:
     if shading != "auto":
         if shading not in SHADERS:
             raise ValueError(f"unknown shading {shading!r}; choose from {sorted(SHADERS)} or 'auto'")
+        if shading == "rgb" and cloud.rgb is None:
+            raise ValueError("shading='rgb' needs a cloud with colour")
         return shading
     if cloud.rgb is not None and float(cloud.rgb.astype(np.float32).std(0).max()) >= MIN_RGB_STD:
         return "rgb"
@@ -168,29 +170,35 @@ def _pixel_rays(camera: Camera, rows: np.ndarray, cols: np.ndarray) -> np.ndarra
 def render_cloud(cloud: PointCloud, camera: Camera, *, granularity: str = "scene", attribute: str | None = None,
                  splat: str | float = "auto", fill_holes: bool = True, shading: str = "auto",
                  rel_tol: float = 0.01, abs_tol: float = 0.02, name: str = "") -> View:
+    if attribute is not None and attribute not in cloud.fields:
+        raise KeyError(f"no per-point field {attribute!r}; the cloud has {sorted(cloud.fields)}")
     radius = splat_radius(cloud, splat)
     near = camera_near(camera)
     depth, index = native.splat(cloud.xyz, camera, radius=radius, near=near, max_pixel_radius=MAX_SPLAT_PX,
                                 fill_iters=2 if fill_holes else 0)
     H, W = depth.shape
     hit = index >= 0
-    rows, cols = np.nonzero(hit)
     ids = index[hit]
-    rgb = np.empty((H, W, 3), np.float32)
-    rgb[:] = BACKGROUND
-    if len(ids):
-        if attribute is not None:
-            if attribute not in cloud.fields:
-                raise KeyError(f"no per-point field {attribute!r}; the cloud has {sorted(cloud.fields)}")
-            rgb[hit] = _attribute_image(cloud.fields[attribute], ids)
-        else:
-            rays = _pixel_rays(camera, rows, cols)
-            rgb[hit] = SHADERS[pick_shading(cloud, shading)](cloud, ids, rays, depth[hit])
+    mode = None if attribute is not None else pick_shading(cloud, shading)
+    if mode == "rgb":  # the common case: a straight uint8 gather, no float image
+        rgb = np.empty((H, W, 3), np.uint8)
+        rgb[:] = BACKGROUND
+        rgb[hit] = cloud.rgb[ids]
+    else:
+        img = np.empty((H, W, 3), np.float32)
+        img[:] = BACKGROUND
+        if len(ids):
+            if attribute is not None:
+                img[hit] = _attribute_image(cloud.fields[attribute], ids)
+            else:
+                rows, cols = np.nonzero(hit)
+                img[hit] = SHADERS[mode](cloud, ids, _pixel_rays(camera, rows, cols), depth[hit])
+        rgb = np.clip(img + 0.5, 0, 255).astype(np.uint8)
     tol = None if radius is None else VIS_TOL_SPACING / SPLAT_SCALE * radius
     pids, pix, _ = native.depth_test(cloud.xyz, camera, depth, rel_tol=rel_tol, abs_tol=abs_tol, point_tol=tol,
                                      near=near)
-    return View(camera, np.clip(rgb + 0.5, 0, 255).astype(np.uint8), depth, index, pids, pix, name=name,
-                granularity=granularity, meta={"kind": "points", "attribute": attribute})
+    return View(camera, rgb, depth, index, pids, pix, name=name, granularity=granularity,
+                meta={"kind": "points", "attribute": attribute, "shading": mode})
 
 
 # --- meshes ---------------------------------------------------------------------------------
