@@ -127,6 +127,13 @@ def test_cli_render_rgbd_folder(shared_data, tmp_path, capsys):
     assert d.shape == (480, 640) and d.max() > 1.0
 
 
-def test_cli_render_bad_input(tmp_path, capsys):
+def test_cli_render_bad_input(shared_data, tmp_path, capsys):
     assert main(["render", str(tmp_path / "missing.ply"), "--out", str(tmp_path / "o")]) == 2
     assert "missing.ply" in capsys.readouterr().err
+    las = str(shared_data / "las" / "warsaw_small.las")
+    assert main(["render", las, "--out", str(tmp_path / "o"), "--attribute", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert "nope" in err and "classification" in err and len(err.strip().splitlines()) == 1
+    scene = str(shared_data / "scannet-scene0000" / "scene.json")
+    assert main(["render", scene, "--out", str(tmp_path / "o")]) == 2
+    assert "--cloud" in capsys.readouterr().err
