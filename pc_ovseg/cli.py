@@ -54,8 +54,13 @@ def _info_args(p):
 @command("info", "describe what a file or RGB-D folder holds")
 @arguments(_info_args)
 def cmd_info(args) -> int:
+    import warnings
     from .io import describe, format_description
-    desc = describe(args.path, layout=args.layout)
+    with warnings.catch_warnings(record=True) as caught:  # e.g. frames skipped for invalid poses
+        warnings.simplefilter("always")
+        desc = describe(args.path, layout=args.layout)
+    for w in caught:
+        print(f"pc-ovseg info: warning: {' '.join(str(w.message).split())}", file=sys.stderr)
     print_json(desc) if args.json else print(format_description(desc))
     return 0
 

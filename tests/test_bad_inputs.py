@@ -10,6 +10,8 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pc_ovseg
+
 import pytest
 
 import pc_ovseg.io as pio
@@ -17,7 +19,8 @@ from pc_ovseg.errors import InputError
 
 CORPUS = Path(__file__).resolve().parent / "bad_inputs"
 EXPECTED: dict = json.loads((CORPUS / "expected.json").read_text())
-ROOT = Path(__file__).resolve().parents[1]
+# the subprocess imports the same pc_ovseg as this test (source tree or installed package)
+PKG_PARENT = Path(pc_ovseg.__file__).resolve().parents[1]
 
 
 def test_corpus_is_large_and_listed():
@@ -56,7 +59,7 @@ def _cli(name: str) -> tuple[str, subprocess.CompletedProcess]:
     cmd = [sys.executable, "-m", "pc_ovseg", "info", str(CORPUS / name)]
     if "layout" in spec:
         cmd += ["--layout", spec["layout"]]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PKG_PARENT), os.environ.get("PYTHONPATH", "")])}
     env.pop("PC_OVSEG_DEBUG", None)
     return name, subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env)
 

@@ -14,13 +14,13 @@ import numpy as np
 from ..data import FrameSequence, Mesh, PointCloud
 from ..errors import InputError
 from . import arrays, las, mesh, pcd, ply, rgbd  # noqa: F401  (registers the readers)
-from ._common import FILE_READERS, FOLDER_READERS, Reader, extension
+from ._common import FILE_READERS, FOLDER_READERS, Reader, exc_text, extension
 from .arrays import read_labels, write_npz
 from .describe import describe, format_description
 from .las import write_las
 from .ply import write_ply
 
-__all__ = ["read", "read_cloud", "read_mesh", "read_frames", "read_labels", "write", "write_ply",
+__all__ = ["read", "read_cloud", "downsample", "read_mesh", "read_frames", "read_labels", "write", "write_ply",
            "write_las", "write_npz", "describe", "format_description", "reader_for", "WRITERS"]
 
 
@@ -59,18 +59,36 @@ def read(path, *, layout: str | None = None) -> PointCloud | Mesh | FrameSequenc
         raise InputError(p, "file is too large or too deeply nested to read") from None
     except (ValueError, KeyError, IndexError, TypeError, OSError, EOFError) as exc:
         # readers validate what they know; anything else is still the file's fault, said in one line
-        raise InputError(p, f"cannot read as {r.name} ({type(exc).__name__}: "
-                            f"{' '.join(str(exc).split())[:160]})") from None
+        raise InputError(p, f"cannot read as {r.name} ({exc_text(exc)})") from None
 
 
-def read_cloud(path, *, layout: str | None = None) -> PointCloud:
-    """A point cloud; meshes give their vertices (with colours and fields)."""
+def read_cloud(path, *, layout: str | None = None, voxel_size: float | None = None) -> PointCloud:
+    """A point cloud; meshes give their vertices (with colours and fields).
+
+    ``voxel_size`` (metres) thins it to one point per voxel with ``downsample``.
+    """
     obj = read(path, layout=layout)
     if isinstance(obj, Mesh):
-        return obj.to_point_cloud()
+        obj = obj.to_point_cloud()
     if isinstance(obj, FrameSequence):
         raise InputError(path, "is an RGB-D sequence, not a point cloud (use read_frames)")
-    return obj
+    return obj if voxel_size is None else downsample(obj, voxel_size)
+
+
+def downsample(cloud: PointCloud, voxel_size: float) -> PointCloud:
+    """One point per voxel of ``floor(xyz / voxel_size)``: the first point of each voxel, so every
+    field (labels, intensity, colour) stays a real measured value. NaN points (organised clouds)
+    are dropped, and with them the grid. Uses the native voxeliser."""
+    from ..native import voxelize
+    if not voxel_size > 0:
+        raise ValueError(f"voxel_size must be > 0, got {voxel_size}")
+    finite = np.isfinite(cloud.xyz).all(1)
+    base = cloud if finite.all() and cloud.grid_shape is None else cloud.select(np.flatnonzero(finite))
+    try:
+        _, _, first, _ = voxelize(base.xyz, voxel_size)
+    except ValueError as exc:
+        raise InputError(cloud.source, f"cannot voxelise at {voxel_size} m: {exc}") from None
+    return base.select(first)
 
 
 def read_mesh(path) -> Mesh:

@@ -103,11 +103,19 @@ def make_cloud(path: str, xyz: np.ndarray, *, rgb=None, normals=None, fields=Non
         origin = choose_origin(xyz) if xyz.dtype == np.float64 else np.zeros(3)
     origin = np.asarray(origin, np.float64)
     local = (xyz.astype(np.float64) - origin) if origin.any() and not relative else xyz
+    # arrays viewed straight from file bytes are read-only; callers expect ordinary arrays
+    fields = {k: (v if v.flags.writeable else v.copy()) for k, v in (fields or {}).items()}
     try:
-        return PointCloud(local, rgb, normals, dict(fields or {}), origin, grid_shape=grid_shape,
+        return PointCloud(local, rgb, normals, fields, origin, grid_shape=grid_shape,
                           source=path)
     except ValueError as exc:
         raise InputError(path, str(exc)) from None
+
+
+def exc_text(exc: BaseException, limit: int = 160) -> str:
+    """'Type: message' of a library exception, on one line (for wrapping into InputError)."""
+    msg = " ".join(str(exc).split())[:limit]
+    return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
 
 
 def rgb_from_packed(v: np.ndarray) -> np.ndarray:

@@ -10,7 +10,6 @@ SemanticKITTI sample), or ``X.label`` in ``../labels/`` next to ``velodyne/X.bin
 from __future__ import annotations
 
 import os
-import re
 import zipfile
 
 import numpy as np

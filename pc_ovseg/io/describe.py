@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..data import FrameSequence, Mesh, PointCloud
+from ..data import FrameSequence, Mesh
 from ._common import count_summary
 
 LABEL_FIELDS = ("label", "labels", "classification", "semantic", "class")

@@ -1,6 +1,7 @@
 """LAS/LAZ through laspy (LAZ via lazrs): classification, intensity, returns and every
 other dimension as fields; 16-bit RGB -> uint8; scaled integer coordinates -> float64 world
--> float32 relative to an origin (whole metres near the centre) when they are large.
+-> float32 relative to an origin when they are large: the file's offset when it lies within
+4 km of every point (then local = X * scale, one rounding), else whole metres at the centre.
 
 The writer picks LAS 1.4 point format 6 (7 with RGB) so classification is a full byte, and an
 offset at the cloud's origin with a 1 mm scale, so coordinates keep millimetre precision.
@@ -13,7 +14,7 @@ import numpy as np
 
 from ..data import PointCloud
 from ..errors import InputError
-from ._common import check_file, choose_origin, make_cloud, register
+from ._common import ORIGIN_THRESHOLD, check_file, choose_origin, exc_text, make_cloud, register
 
 _SKIP = {"X", "Y", "Z", "red", "green", "blue"}
 
@@ -42,14 +43,17 @@ def read_las(path: str, layout=None) -> PointCloud:
     except InputError:
         raise
     except Exception as exc:  # laspy raises LaspyException, ValueError, struct errors, ...
-        raise InputError(path, f"malformed LAS/LAZ ({type(exc).__name__}: {exc})") from None
+        raise InputError(path, f"malformed LAS/LAZ ({exc_text(exc)})") from None
     if len(ints) == 0:
         raise InputError(path, "contains no points")
     if not (np.isfinite(scale).all() and (scale > 0).all() and np.isfinite(offset).all()):
         raise InputError(path, f"invalid LAS scale {scale.tolist()} / offset {offset.tolist()}")
     # local = X * scale + (offset - origin): one rounding, so a LAS written at offset == origin
     # (write_las) reads back bit-exact
-    origin = choose_origin(np.array([ints.min(0), ints.max(0)]) * scale + offset)
+    corners = np.array([ints.min(0), ints.max(0)]) * scale + offset
+    origin = choose_origin(corners)
+    if origin.any() and np.abs(corners - offset).max() < ORIGIN_THRESHOLD:
+        origin = offset.copy()  # the writer's offset is near the data: use it, stay exact
     local = ints * scale + (offset - origin)
     return make_cloud(path, local, rgb=rgb, fields=fields, origin=origin, relative=True)
 

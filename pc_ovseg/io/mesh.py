@@ -9,7 +9,7 @@ import numpy as np
 
 from ..data import Mesh
 from ..errors import InputError
-from ._common import check_file, make_cloud, register
+from ._common import check_file, exc_text, make_cloud, register
 
 
 def read_trimesh(path: str, layout=None) -> Mesh:
@@ -18,7 +18,7 @@ def read_trimesh(path: str, layout=None) -> Mesh:
     try:
         obj = trimesh.load(path, process=False, force=None)
     except Exception as exc:  # trimesh raises many kinds for broken files
-        raise InputError(path, f"malformed mesh ({type(exc).__name__}: {' '.join(str(exc).split())[:120]})") from None
+        raise InputError(path, f"malformed mesh ({exc_text(exc)})") from None
     if isinstance(obj, trimesh.Scene):
         geoms = [g for g in obj.dump() if isinstance(g, trimesh.Trimesh)] if obj.geometry else []
         if not geoms:
@@ -53,7 +53,7 @@ def read_e57(path: str, layout=None):
         parts = [e.read_scan(i, colors=True, intensity=True, ignore_missing_fields=True, transform=True)
                  for i in range(e.scan_count)]
     except Exception as exc:
-        raise InputError(path, f"malformed E57 ({type(exc).__name__}: {exc})") from None
+        raise InputError(path, f"malformed E57 ({exc_text(exc)})") from None
     if not parts:
         raise InputError(path, "E57 holds no scans")
     cat = lambda k: np.concatenate([np.asarray(p[k]) for p in parts])  # noqa: E731

@@ -17,6 +17,7 @@ from ._common import check_file, make_cloud, read_bytes, register, rgb_from_pack
 
 _TYPES = {("F", 4): "f4", ("F", 8): "f8", ("I", 1): "i1", ("I", 2): "i2", ("I", 4): "i4", ("I", 8): "i8",
           ("U", 1): "u1", ("U", 2): "u2", ("U", 4): "u4", ("U", 8): "u8"}
+LZF_MAX_RATIO = 90  # one 3-byte LZF back reference yields at most 264 bytes
 _KEYS = ("VERSION", "FIELDS", "SIZE", "TYPE", "COUNT", "WIDTH", "HEIGHT", "VIEWPOINT", "POINTS", "DATA")
 
 
@@ -131,6 +132,8 @@ def _compressed(path: str, data: bytes, pos: int, dt: np.dtype, n: int) -> np.nd
     csize, usize = (int(x) for x in np.frombuffer(data, "<u4", 2, pos))
     if usize != dt.itemsize * n:
         raise InputError(path, f"PCD compressed block holds {usize} bytes, header implies {dt.itemsize * n}")
+    if usize > LZF_MAX_RATIO * csize + 64:
+        raise InputError(path, f"PCD compressed block claims {usize} bytes from {csize} (impossible for LZF)")
     if pos + 8 + csize > len(data):
         raise InputError(path, f"truncated PCD: compressed block of {csize} bytes, {len(data) - pos - 8} left")
     if n == 0:

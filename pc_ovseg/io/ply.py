@@ -7,7 +7,6 @@ written file reads back bit-exact while staying a plain PLY for other tools.
 """
 from __future__ import annotations
 
-import io as _io
 import json
 import os
 
@@ -15,7 +14,7 @@ import numpy as np
 
 from ..data import Mesh, PointCloud
 from ..errors import InputError
-from ._common import check_file, make_cloud, read_bytes, register
+from ._common import check_file, exc_text, make_cloud, read_bytes, register
 
 PLY_TYPES = {
     "char": "i1", "int8": "i1", "uchar": "u1", "uint8": "u1", "short": "i2", "int16": "i2",
@@ -118,13 +117,11 @@ def _read_binary(path, data, fmt, elements, pos):
         arr = np.frombuffer(data, dt, el.count, pos) if pos + need <= len(data) else None
         uniform = arr is not None and all(
             np.all(arr["_n_" + n] == arr["_n_" + n][0]) for n, _, c in el.props if c)
-        if not uniform:
-            return None  # variable-length lists (or a truncated file): let plyfile decide
+        if not uniform or sum(1 for p in el.props if p[2]) > 1:
+            return None  # variable-length or several lists (or a truncated file): let plyfile decide
         out[el.name] = arr
         pos += need
-    if pos < len(data) and len(data) - pos > 1:
-        pass  # trailing bytes are tolerated (some writers pad)
-    return out
+    return out  # trailing bytes are tolerated (some writers pad)
 
 
 def _read_ascii(path, data, elements, pos):
@@ -139,14 +136,19 @@ def _read_ascii(path, data, elements, pos):
         if el.count == 0:
             out[el.name] = {n: np.zeros(0, t) for n, t, _ in el.props}
             continue
-        toks = [ln.split() for ln in chunk]
-        width = len(toks[0])
-        if any(len(t) != width for t in toks):
-            if el.has_list:
-                return None
-            raise InputError(path, f"PLY element {el.name!r} rows have different numbers of values")
+        if el.has_list:
+            toks = [ln.split() for ln in chunk]
+            width = len(toks[0])
+            if any(len(t) != width for t in toks):
+                return None  # ragged lists: plyfile
+        else:  # fixed width: one C-level conversion of all tokens
+            width = len(el.props)
+            toks = b" ".join(chunk).split()
+            if len(toks) != width * el.count:
+                raise InputError(path, f"PLY element {el.name!r} has {len(toks)} values, header implies "
+                                       f"{el.count} rows x {width} (values per row differ)")
         try:
-            table = np.array(toks, dtype=np.float64)
+            table = np.array(toks, dtype="S").astype(np.float64).reshape(el.count, width)
         except ValueError:
             raise InputError(path, f"PLY element {el.name!r} has a non-numeric value") from None
         cols, c = {}, 0
@@ -174,7 +176,7 @@ def _read_plyfile(path):
     try:
         ply = plyfile.PlyData.read(path)
     except Exception as exc:  # plyfile raises many types for broken files
-        raise InputError(path, f"malformed PLY ({type(exc).__name__}: {exc})") from None
+        raise InputError(path, f"malformed PLY ({exc_text(exc)})") from None
     out = {}
     for el in ply.elements:
         d = el.data
@@ -187,12 +189,6 @@ def _read_plyfile(path):
                 cols[n] = np.asarray(col)
         out[el.name] = cols
     return out
-
-
-def _column(el, name):
-    if isinstance(el, np.ndarray):
-        return el[name]
-    return el[name]
 
 
 def _names(el):
@@ -248,47 +244,48 @@ def read_ply(path: str, layout=None) -> PointCloud | Mesh:
     names = _names(v)
     if not {"x", "y", "z"} <= set(names):
         raise InputError(path, "PLY vertex element lacks x, y, z properties")
-    xyz = np.stack([np.asarray(_column(v, a)) for a in "xyz"], 1)
+    xyz = np.stack([np.asarray(v[a]) for a in "xyz"], 1)
     used = {"x", "y", "z"}
     rgb = None
     for trio in _RGB_NAMES:
         if set(trio) <= set(names):
-            rgb = np.stack([np.asarray(_column(v, a)) for a in trio], 1)
+            rgb = np.stack([np.asarray(v[a]) for a in trio], 1)
             used |= set(trio)
             break
     normals = None
     if {"nx", "ny", "nz"} <= set(names):
-        normals = np.stack([np.asarray(_column(v, a)) for a in ("nx", "ny", "nz")], 1)
+        normals = np.stack([np.asarray(v[a]) for a in ("nx", "ny", "nz")], 1)
         used |= {"nx", "ny", "nz"}
     fields = {}
     for spec in meta.get("field", []):          # grouped / retyped fields written by pc_ovseg
         name, shape, dtype = spec["name"], spec.get("shape", []), spec["dtype"]
         cols = [f"{name}_{i}" for i in range(int(np.prod(shape)))] if shape else [name]
         if set(cols) <= set(names):
-            arr = np.stack([np.asarray(_column(v, c)) for c in cols], 1) if shape else np.asarray(_column(v, name))
+            arr = np.stack([np.asarray(v[c]) for c in cols], 1) if shape else np.asarray(v[name])
             fields[name] = arr.astype(dtype).reshape((len(xyz), *shape))
             used |= set(cols)
     for n in names:
         if n not in used:
-            fields[n] = np.ascontiguousarray(_column(v, n))
+            fields[n] = np.ascontiguousarray(v[n])
+    grid = tuple(int(g) for g in meta["grid"][0]) if "grid" in meta else None
+    if grid is not None and grid[0] * grid[1] != len(xyz):
+        grid = None
     origin = np.asarray(meta["origin"][0], np.float64) if "origin" in meta else None
     if origin is not None and xyz.dtype != np.float64:
         origin = None  # written relative already
-    if rgb is not None and rgb.dtype != np.uint8:
-        rgb = np.asarray(rgb)
     faces_el = els.get("face")
     if faces_el is not None and len(_names(faces_el)):
         lname = next((n for n in _FACE_LISTS if n in _names(faces_el)), None)
         if lname is None:
             raise InputError(path, "PLY face element has no vertex_indices list")
-        lists = _column(faces_el, lname)
+        lists = faces_el[lname]
         faces = _triangulate(path, lists if not isinstance(lists, np.ndarray) or lists.dtype != object else list(lists))
         if len(faces):
             cloud = make_cloud(path, xyz, rgb=rgb, normals=normals, fields=fields, origin=origin)
             if faces.min() < 0 or faces.max() >= len(cloud):
                 raise InputError(path, f"PLY face indices out of range (0..{len(cloud) - 1})")
             return Mesh(cloud.xyz, faces.astype(np.int64), cloud.rgb, cloud.fields, cloud.origin, source=path)
-    return make_cloud(path, xyz, rgb=rgb, normals=normals, fields=fields, origin=origin)
+    return make_cloud(path, xyz, rgb=rgb, normals=normals, fields=fields, origin=origin, grid_shape=grid)
 
 
 register("ply", "cloud|mesh", exts=(".ply",))(read_ply)
@@ -317,7 +314,8 @@ def write_ply(path, cloud: PointCloud | Mesh, *, labels=None, scores=None, color
     """Binary little-endian PLY with xyz, normals, colour, label, score and every field.
 
     Coordinates are float32 local values when the origin is zero, else float64 world values
-    (so other tools see the true position); the origin goes in a comment for an exact read back.
+    (so other tools see the true position); the origin, an organised grid's (H, W) and fields'
+    original dtypes/shapes go in ``comment pc_ovseg ...`` lines for an exact read back.
     """
     path = os.fspath(path)
     mesh = cloud if isinstance(cloud, Mesh) else None
@@ -332,6 +330,8 @@ def write_ply(path, cloud: PointCloud | Mesh, *, labels=None, scores=None, color
         comments.append(f"{_META} origin {json.dumps(cloud.origin.tolist())}")
     else:
         cols += [(a, cloud.xyz[:, i], "f4") for i, a in enumerate("xyz")]
+    if cloud.grid_shape is not None:
+        comments.append(f"{_META} grid {json.dumps(list(cloud.grid_shape))}")
     if cloud.normals is not None:
         cols += [(a, cloud.normals[:, i], "f4") for i, a in enumerate(("nx", "ny", "nz"))]
     rgb = cloud.rgb if colors is None else PointCloud(cloud.xyz, colors).rgb

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..data import Camera, FrameSequence, RGBDFrame
 from ..errors import InputError
-from ._common import check_file, register
+from ._common import check_file, exc_text, register
 
 ASPECT_TOLERANCE = 0.015
 MAX_PLAUSIBLE_DEPTH_M = 100.0   # median valid depth above this = wrong depth scale
@@ -49,7 +49,7 @@ def _image_size(path: str) -> tuple[int, int]:
     try:
         with Image.open(path) as im:
             return im.size
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as exc:
         raise InputError(path, f"not a readable image ({type(exc).__name__})") from None
 
 
@@ -59,8 +59,8 @@ def load_color(path: str) -> np.ndarray:
     try:
         with Image.open(path) as im:
             return np.asarray(im.convert("RGB"))
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise InputError(path, f"not a readable image ({type(exc).__name__}: {exc})") from None
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as exc:
+        raise InputError(path, f"not a readable image ({exc_text(exc)})") from None
 
 
 def load_depth(path: str, scale: float, invalid=(0,)) -> np.ndarray:
@@ -76,8 +76,8 @@ def load_depth(path: str, scale: float, invalid=(0,)) -> np.ndarray:
         try:
             with Image.open(path) as im:
                 raw = np.asarray(im)
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-            raise InputError(path, f"not a readable depth image ({type(exc).__name__}: {exc})") from None
+        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as exc:
+            raise InputError(path, f"not a readable depth image ({exc_text(exc)})") from None
     if raw.ndim == 3 and raw.shape[2] in (1, 3, 4):
         raise InputError(path, f"depth must be single-channel, got {raw.shape[2]} channels")
     if raw.ndim != 2:
@@ -375,6 +375,8 @@ MANIFEST_FORMAT = "pc_ovseg.frames/1"
 def read_manifest(path: str, d: dict) -> FrameSequence:
     """The generic manifest (docs/io.md): per-frame colour/depth/pose, calibration, conventions."""
     base = os.path.dirname(os.path.abspath(path))
+    if d.get("format", MANIFEST_FORMAT) != MANIFEST_FORMAT:
+        raise InputError(path, f"unsupported manifest format {d['format']!r} (this version reads {MANIFEST_FORMAT})")
     frames = d["frames"]
     if not isinstance(frames, list) or not frames:
         raise InputError(path, "'frames' must be a non-empty list")
@@ -407,10 +409,9 @@ def read_manifest(path: str, d: dict) -> FrameSequence:
             raise InputError(path, f"frames[{k}] has no pose")
         if f.get("color") is None and f.get("depth") is None:
             raise InputError(path, f"frames[{k}] has neither color nor depth")
-        pose = f["pose"]
-        pose = read_matrix(resolve(pose), (4, 4)) if isinstance(pose, str) else \
-            _matrix(path, pose, (4, 4), f"frames[{k}].pose")
-        where = resolve(pose) if isinstance(f["pose"], str) else path
+        where = resolve(f["pose"]) if isinstance(f["pose"], str) else path
+        pose = read_matrix(where, (4, 4)) if isinstance(f["pose"], str) else \
+            _matrix(path, f["pose"], (4, 4), f"frames[{k}].pose")
         if not np.isfinite(pose).all():
             raise InputError(where, f"frames[{k}] pose has NaN/Inf values")
         if conv == "world_to_camera":
@@ -460,7 +461,7 @@ def read_json_frames(path: str, layout=None) -> FrameSequence:
             except InputError:
                 raise
             except (KeyError, TypeError, ValueError, IndexError) as exc:
-                raise InputError(path, f"malformed frame manifest ({type(exc).__name__}: {exc})") from None
+                raise InputError(path, f"malformed frame manifest ({exc_text(exc)})") from None
     raise InputError(path, "JSON is neither a frame manifest ('frames') nor a scene.json ('intrinsics_4x4', 'images')")
 
 

@@ -102,7 +102,7 @@ def main():
     put("ply_no_xyz.ply", ply_head(3, props="property float u\nproperty float v\nproperty float w\n") + xyz, "x, y, z")
     put("ply_ascii_short.ply", ply_head(5) + xyz, "truncated")
     put("ply_ascii_nonnumeric.ply", ply_head(3) + "0 0 0\n1 abc 0\n0 1 0\n", "non-numeric")
-    put("ply_ascii_wrong_width.ply", ply_head(3) + "0 0 0 1\n1 0 0 1\n0 1 0 1\n", "values per row")
+    put("ply_ascii_wrong_width.ply", ply_head(3) + "0 0 0 1\n1 0 0 1\n0 1 0 1\n", "values per row differ")
     put("ply_nan.ply", ply_head(3) + "0 0 0\nnan 0 0\n0 1 0\n", "NaN/Inf")
     put("ply_inf.ply", ply_head(3) + "0 0 0\n1 inf 0\n0 1 -inf\n", "NaN/Inf")
     put("ply_empty_cloud.ply", ply_head(0), "no points")
@@ -113,6 +113,11 @@ def main():
     put("ply_property_before_element.ply", "ply\nformat ascii 1.0\nproperty float x\nelement vertex 1\nend_header\n0\n", "before any element")
     put("ply_face_two_vertices.ply", ply_head(3, extra="element face 1\nproperty list uchar int vertex_indices\n") + xyz + "2 0 1\n", "need >= 3")
     put("ply_huge_count.ply", ply_head(10 ** 12, "binary_little_endian").encode() + np.zeros(9, "<f4").tobytes(), "truncated")
+    faces_head = lambda n: ply_head(3, "binary_little_endian", extra=f"element face {n}\nproperty list uchar int vertex_indices\n").encode()  # noqa: E731
+    tri = bytes([3]) + np.array([0, 1, 2], "<i4").tobytes()
+    put("ply_face_huge_count.ply", faces_head(10 ** 12) + np.zeros(9, "<f4").tobytes() + tri, "malformed PLY")
+    put("ply_ragged_faces_truncated.ply", faces_head(5) + np.zeros(9, "<f4").tobytes() + tri * 2
+        + bytes([4]) + np.array([0, 1, 2, 1], "<i4").tobytes(), "malformed PLY")
     put("ply_no_format.ply", "ply\nelement vertex 3\nproperty float x\nproperty float y\nproperty float z\nend_header\n" + xyz, "no format")
     # --- PCD ------------------------------------------------------------------------------------
     pts = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0]], "<f4")
@@ -123,6 +128,8 @@ def main():
     put("pcd_lzf_truncated.pcd", pcd_head(1, "binary_compressed").encode() + comp(lit, 12, csize=4000), "truncated")
     put("pcd_lzf_wrong_size.pcd", pcd_head(2, "binary_compressed").encode() + comp(lit, 12), "compressed block")
     put("pcd_lzf_short_output.pcd", pcd_head(1, "binary_compressed", fields="x y z", size="4 4 8", type_="F F F").encode() + comp(lit, 16), "fewer bytes")
+    put("pcd_lzf_bomb.pcd", pcd_head(3 * 10 ** 8, "binary_compressed").encode() + comp(lit, 36 * 10 ** 8), "impossible for LZF")
+    put("pcd_huge_binary.pcd", pcd_head(10 ** 12, "binary").encode() + pts.tobytes(), "truncated")
     put("pcd_no_data_line.pcd", pcd_head(3).replace("DATA ascii\n", ""), "DATA")
     put("pcd_points_mismatch.pcd", pcd_head(3, width=5) + "0 0 0\n1 0 0\n0 1 0\n", "POINTS")
     put("pcd_fields_size_mismatch.pcd", pcd_head(3, size="4 4") + xyz, "different lengths")
@@ -155,6 +162,9 @@ def main():
     bad_scale = bytearray(good)
     struct.pack_into("<3d", bad_scale, 131, 0.0, 0.0, 0.0)  # x/y/z scale factors
     put("las_zero_scale.las", bytes(bad_scale), "scale")
+    huge = bytearray(good)
+    struct.pack_into("<I", huge, 107, 4_000_000_000)  # legacy point count: 4 billion points
+    put("las_huge_count.las", bytes(huge), "malformed LAS")
     put("laz_garbage.laz", b"LASF" + bytes(400), "malformed LAS")
     # --- arrays ---------------------------------------------------------------------------------
     put("npy_garbage.npy", b"\x93NUMPY garbage garbage", "not a valid .npy")
@@ -222,6 +232,8 @@ def main():
     manifest("manifest_size_mismatch.json", "calibration says",
              {"intrinsics": {**INTR, "width": 16, "height": 12}, "frames": [GOOD_FRAME]})
     manifest("manifest_list.json", "top level", [GOOD_FRAME])  # type: ignore[arg-type]
+    manifest("manifest_future_format.json", "unsupported manifest format",
+             {"format": "pc_ovseg.frames/9", "intrinsics": INTR, "frames": [GOOD_FRAME]})
     manifest("manifest_unknown_kind.json", "neither", {"cameras": []})
     manifest("scene_missing_image.json", "not found", {"intrinsics_4x4": np.eye(4).tolist(), "image_size_wh": [8, 6],
                                                        "images": [{"path": "posed/0.jpg", "camera_to_world": np.eye(4).tolist()}]})
