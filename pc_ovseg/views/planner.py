@@ -332,7 +332,7 @@ def _repair(scene, f: _Frame, kind: str, seen: np.ndarray, target: float, budget
 
 
 def plan_cameras(scene: PointCloud | Mesh, *, kind: str = "auto", max_views: int | None = None, width: int = 640,
-                 height: int = 480, target: float = TARGET_COVERAGE) -> list[tuple[Camera, str]]:
+                 height: int = 480, target: float = TARGET_COVERAGE, progress: bool = True) -> list[tuple[Camera, str]]:
     """Cameras (with granularity "scene" | "mid" | "close") that together see >= ``target`` of the
     points. ``kind``: "indoor" | "aerial" | "street" | "object" | "auto" (see detect_kind).
     Whole-scene views come first; the rest are ordered by how many unseen points each adds."""
@@ -342,7 +342,8 @@ def plan_cameras(scene: PointCloud | Mesh, *, kind: str = "auto", max_views: int
     xyz = _points(scene)
     f = _Frame(xyz, scene.origin)
     proposals = PLANNERS[kind](f, width, height)
-    vis = [visible_points(scene, c) for c, _ in proposals]
+    from .frames import _progress
+    vis = [visible_points(scene, c) for c, _ in _progress(proposals, len(proposals), progress, f"plan ({kind})")]
     budget = max_views if max_views is not None else len(proposals) + MAX_REPAIR_VIEWS
     seen = np.zeros(len(xyz), bool)
     chosen: list[tuple[Camera, str]] = []
