@@ -111,3 +111,13 @@ def test_organized_view_mosd(shared_data):
     uv, z = v.camera.project(cloud.xyz[v.point_ids])
     assert np.median(np.abs(uv[:, 0] - c)) < 1.0 and np.median(np.abs(uv[:, 1] - r)) < 1.0
     np.testing.assert_allclose(v.depth[r, c], z, rtol=1e-5)
+
+
+def test_inputs_that_cannot_make_views(shared_data):
+    from pc_ovseg.errors import InputError
+    frames = read_frames(shared_data / "scannet-scene0000" / "scene.json")
+    with pytest.raises(InputError, match="no depth"):
+        cloud_from_frames(frames)
+    cloud = read_cloud(shared_data / "scannet-scene0000" / "scene0000_00.bin", layout="xyzrgb")
+    with pytest.raises(InputError, match="organised"):
+        organized_view(cloud)

@@ -50,7 +50,7 @@ def test_render_is_solid_and_consistent(shared_data):
     # visible points lie on the rendered surface at their own pixel
     _, z = cam.project(cloud.xyz[v.point_ids])
     d = v.depth[v.pixels[:, 0], v.pixels[:, 1]]
-    assert np.median(np.abs(d - z)) < 0.03
+    assert np.median(np.abs(d - z) / z) < 0.01
     assert np.isin(v.index[hit], v.point_ids).mean() > 0.8  # pixels mostly show points counted visible
     holes = render_view(cloud, cam, splat="point", fill_holes=False)
     assert (holes.index >= 0).mean() < 0.5                 # what splatting + filling fixes
@@ -106,7 +106,7 @@ def test_cli_render_cloud(shared_data, tmp_path, capsys):
                "--attribute", "classification", "--json"])
     assert rc == 0
     res = json.loads(capsys.readouterr().out)
-    assert res["views"] == 6 and 0.5 < res["coverage"] <= 1.0
+    assert 1 <= res["views"] <= 6 and 0.5 < res["coverage"] <= 1.0
     for f in res["files"]:
         assert all((out / name).is_file() for name in f.values())
     cam = json.loads((out / "view000.json").read_text())
@@ -127,6 +127,13 @@ def test_cli_render_rgbd_folder(shared_data, tmp_path, capsys):
     assert d.shape == (480, 640) and d.max() > 1.0
 
 
-def test_cli_render_bad_input(tmp_path, capsys):
+def test_cli_render_bad_input(shared_data, tmp_path, capsys):
     assert main(["render", str(tmp_path / "missing.ply"), "--out", str(tmp_path / "o")]) == 2
     assert "missing.ply" in capsys.readouterr().err
+    las = str(shared_data / "las" / "warsaw_small.las")
+    assert main(["render", las, "--out", str(tmp_path / "o"), "--attribute", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert "nope" in err and "classification" in err and len(err.strip().splitlines()) == 1
+    scene = str(shared_data / "scannet-scene0000" / "scene.json")
+    assert main(["render", scene, "--out", str(tmp_path / "o")]) == 2
+    assert "--cloud" in capsys.readouterr().err

@@ -23,7 +23,8 @@ def make_views(source: FrameSequence | PointCloud | Mesh, *, cloud: PointCloud |
     if not isinstance(source, (PointCloud, Mesh)):
         raise TypeError(f"make_views needs frames, a cloud or a mesh, got {type(source).__name__}")
     if cameras is None:
-        cameras = plan_cameras(source, kind=kind, max_views=max_views, width=width, height=height)
+        cameras = plan_cameras(source, kind=kind, max_views=max_views, width=width, height=height,
+                               progress=progress)
     elif max_views is not None:
         cameras = cameras[:max_views]
     for k, item in enumerate(_progress(cameras, len(cameras), progress, "render")):

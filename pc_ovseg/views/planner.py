@@ -16,11 +16,12 @@ from .. import native
 from ..data import Camera, Mesh, PointCloud
 from .cameras import PlannedCamera, camera_near, intrinsics, look_at
 from .geometry import point_normals
-from .render import SPLAT_SCALE, VIS_TOL_SPACING, render_mesh, splat_radius
+from .render import MAX_SPLAT_PX, SPLAT_SCALE, VIS_TOL_SPACING, render_mesh, splat_radius
 
 PLANNERS: dict[str, Callable] = {}
 TARGET_COVERAGE = 0.995   # default goal: the done-when bar is 0.99, keep a margin
 MAX_REPAIR_VIEWS = 80
+MIN_CLOSER_VIEWS = 4
 
 
 def planner(name: str):
@@ -35,12 +36,13 @@ def _points(scene: PointCloud | Mesh) -> np.ndarray:
 
 
 def visible_points(scene: PointCloud | Mesh, camera: Camera) -> np.ndarray:
-    """Ids of the points (mesh vertices) that pass the depth test in ``camera``'s render."""
+    """Ids of the points (mesh vertices) that pass the depth test in ``camera``'s render (the same
+    ids as ``render_view(scene, camera).point_ids``, without the colouring)."""
     if isinstance(scene, Mesh):
         return render_mesh(scene, camera).point_ids
     r = splat_radius(scene)
     near = camera_near(camera)
-    depth, _ = native.splat(scene.xyz, camera, radius=r, near=near)
+    depth, _ = native.splat(scene.xyz, camera, radius=r, near=near, max_pixel_radius=MAX_SPLAT_PX)
     ids, _, _ = native.depth_test(scene.xyz, camera, depth, rel_tol=0.01, abs_tol=0.02,
                                   point_tol=VIS_TOL_SPACING / SPLAT_SCALE * r, near=near)
     return ids
@@ -100,10 +102,29 @@ def _fit_distance(half_w: float, half_h: float, w: int, h: int, hfov: float) -> 
     return max(half_w / tx, half_h / ty)
 
 
-def _nadir(center_xy, half, z_top, w, h, hfov, margin=1.1, near_cut=None):
-    """Straight-down camera over a box; the long side of the box along the image width."""
+def _yaw(xy: np.ndarray) -> float:
+    """Heading (radians) of the smallest-area bounding rectangle of the xy points: rooms and city
+    blocks are rarely aligned with the scan's axes, and framing them square fills the image."""
+    if len(xy) < 10:
+        return 0.0
+    sub = xy[:: max(1, len(xy) // 5000)]
+    best, best_a = np.inf, 0.0
+    for a in np.radians(np.arange(0, 90, 3)):
+        c, s = np.cos(a), np.sin(a)
+        u = sub @ np.array([[c, -s], [s, c]])
+        lo, hi = np.percentile(u, [0.5, 99.5], axis=0)
+        area = np.prod(hi - lo)
+        if area < best:
+            best, best_a = area, a
+    return float(best_a)
+
+
+def _nadir(center_xy, half, z_top, w, h, hfov, margin=1.1, near_cut=None, yaw=0.0):
+    """Straight-down camera over a box (half extents along the yaw-rotated axes); the long side
+    of the box along the image width."""
     hx, hy = half
-    up = (0, 1, 0) if hx >= hy else (1, 0, 0)
+    c, s = np.cos(yaw), np.sin(yaw)
+    up = (-s, c, 0) if hx >= hy else (c, s, 0)
     if hx < hy:
         hx, hy = hy, hx
     d = _fit_distance(hx, hy, w, h, hfov) * margin
@@ -121,7 +142,12 @@ def plan_indoor(f: _Frame, w: int, h: int) -> list[tuple[Camera, str]]:
     lo, hi, c = f.lo, f.hi, f.center
     H = f.ext[2]
     cut = hi[2] - max(0.12 * H, 0.25)             # everything above is ceiling for top views
-    cams = [(_nadir(c[:2], f.ext[:2] / 2, hi[2], w, h, 60.0, near_cut=cut), "scene")]
+    yaw = _yaw(f.xyz[:, :2])
+    rot = np.array([[np.cos(yaw), -np.sin(yaw)], [np.sin(yaw), np.cos(yaw)]])
+    uv = f.xyz[:, :2] @ rot
+    ulo, uhi = np.percentile(uv, [0.5, 99.5], axis=0)
+    top_c = rot @ ((ulo + uhi) / 2)
+    cams = [(_nadir(top_c, (uhi - ulo) / 2, hi[2], w, h, 60.0, margin=1.05, near_cut=cut, yaw=yaw), "scene")]
     inset = 0.08 * f.ext[:2]
     for sx in (0, 1):
         for sy in (0, 1):
@@ -166,7 +192,7 @@ def plan_aerial(f: _Frame, w: int, h: int) -> list[tuple[Camera, str]]:
     ground = np.percentile(f.xyz[:, 2], 5) if len(f.xyz) else lo[2]
     cams: list[tuple[Camera, str]] = []
     # finer tilings only where there are enough points for them to show more than the coarser ones
-    levels = [(n, g) for n, g in ((1, "scene"), (2, "mid"), (4, "close")) if n == 1 or len(f.xyz) >= 2500 * n * n]
+    levels = [(n, g) for n, g in ((1, "scene"), (2, "mid"), (4, "close")) if n <= 2 or len(f.xyz) >= 2500 * n * n]
     for n_tiles, gran in levels:
         size = f.ext[:2] / n_tiles
         for i in range(n_tiles):
@@ -176,7 +202,13 @@ def plan_aerial(f: _Frame, w: int, h: int) -> list[tuple[Camera, str]]:
                 if n_tiles > 1 and len(sel) < 20:
                     continue
                 top = np.percentile(sel[:, 2], 99) if len(sel) else hi[2]
-                cams.append((_nadir(cxy, size / 2, top, w, h, 60.0), gran))
+                if n_tiles == 1:  # the whole tile, framed along its own main axes
+                    yaw = _yaw(f.xyz[:, :2])
+                    rot = np.array([[np.cos(yaw), -np.sin(yaw)], [np.sin(yaw), np.cos(yaw)]])
+                    ulo, uhi = np.percentile(f.xyz[:, :2] @ rot, [0.5, 99.5], axis=0)
+                    cams.append((_nadir(rot @ ((ulo + uhi) / 2), (uhi - ulo) / 2, top, w, h, 60.0, yaw=yaw), gran))
+                else:
+                    cams.append((_nadir(cxy, size / 2, top, w, h, 60.0), gran))
                 center = np.array([cxy[0], cxy[1], ground])
                 cams += [(cam, gran) for cam in _obliques(center, size / 2, top, w, h, 60.0)]
     return cams
@@ -273,30 +305,34 @@ def _repair(scene, f: _Frame, kind: str, seen: np.ndarray, target: float, budget
         n = _orient(n / max(np.linalg.norm(n), 1e-9), tgt, kind, f)
         ext = np.ptp(xyz[members], axis=0).max() if len(members) > 1 else cell
         dist = max(_fit_distance(ext / 2, ext / 2, w, h, 60.0) * 1.3, 20 * float(spacing[t_id]), 0.3)
-        best_gain, best_cam = 0, None
-        for dirn in (n, -n, np.array([0, 0, 1.0]), (n + np.array([0, 0, 1.0])) / 2):
+        # cut away everything in front of the cluster: a clipping plane just before it
+        near = max(dist - 0.5 * ext - 3 * float(spacing[t_id]), 0.05 * dist)
+        best_gain, best_cam, best_ids = 0, None, None
+        for dirn in (n, np.array([0, 0, 1.0]), (n + np.array([0, 0, 1.0])) / 2, -n):
             if np.linalg.norm(dirn) < 1e-6:
                 continue
             dirn = dirn / np.linalg.norm(dirn)
             eye = tgt + dirn * dist
-            cam = _cam(eye, tgt, w, h, 60.0, near=0.6 * dist)
+            cam = _cam(eye, tgt, w, h, 60.0, near=near)
             ids = visible_points(scene, cam)
             gain = int((~seen[ids]).sum())
             if gain > best_gain:
                 best_gain, best_cam, best_ids = gain, cam, ids
-            if seen[members].all() or gain >= 0.8 * len(members):
+            if gain >= 0.6 * len(members):
                 break
         if best_cam is None or not np.isin(members, best_ids).any():
             hopeless[members] = True
             if best_cam is None:
                 continue
+        if best_gain < 0.3 * len(members) and cell > 4 * float(np.median(spacing[todo])):
+            cell /= 2  # the cluster was too big to see at once: look closer next time
         chosen.append((best_cam, "close"))
         vis_cache.append(best_ids)
         seen[best_ids] = True
 
 
 def plan_cameras(scene: PointCloud | Mesh, *, kind: str = "auto", max_views: int | None = None, width: int = 640,
-                 height: int = 480, target: float = TARGET_COVERAGE) -> list[tuple[Camera, str]]:
+                 height: int = 480, target: float = TARGET_COVERAGE, progress: bool = True) -> list[tuple[Camera, str]]:
     """Cameras (with granularity "scene" | "mid" | "close") that together see >= ``target`` of the
     points. ``kind``: "indoor" | "aerial" | "street" | "object" | "auto" (see detect_kind).
     Whole-scene views come first; the rest are ordered by how many unseen points each adds."""
@@ -306,7 +342,8 @@ def plan_cameras(scene: PointCloud | Mesh, *, kind: str = "auto", max_views: int
     xyz = _points(scene)
     f = _Frame(xyz, scene.origin)
     proposals = PLANNERS[kind](f, width, height)
-    vis = [visible_points(scene, c) for c, _ in proposals]
+    from .frames import _progress
+    vis = [visible_points(scene, c) for c, _ in _progress(proposals, len(proposals), progress, f"plan ({kind})")]
     budget = max_views if max_views is not None else len(proposals) + MAX_REPAIR_VIEWS
     seen = np.zeros(len(xyz), bool)
     chosen: list[tuple[Camera, str]] = []
@@ -324,6 +361,13 @@ def plan_cameras(scene: PointCloud | Mesh, *, kind: str = "auto", max_views: int
         if gains[k] < min_gain:
             break
         i = rest.pop(k)
+        chosen.append(proposals[i]); vis_cache.append(vis[i]); seen[vis[i]] = True
+    # every plan has closer views too (2D models see small things better up close), even when
+    # the whole-scene views already reach the target
+    closer = [i for i in rest if len(vis[i])]
+    closer.sort(key=lambda i: -len(vis[i]))
+    while sum(g != "scene" for _, g in chosen) < MIN_CLOSER_VIEWS and closer and len(chosen) < budget:
+        i = closer.pop(0)
         chosen.append(proposals[i]); vis_cache.append(vis[i]); seen[vis[i]] = True
     if seen.mean() < target and len(chosen) < budget and len(xyz):
         _repair(scene, f, kind, seen, target, budget, width, height, chosen, vis_cache)

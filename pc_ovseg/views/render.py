@@ -18,7 +18,8 @@ from .geometry import point_normals, point_spacing
 BACKGROUND = np.array([255, 255, 255], np.uint8)
 SPLAT_SCALE = 0.75          # disc radius = SPLAT_SCALE * local spacing: neighbouring discs overlap
 MIN_RGB_STD = 12.0          # below this colour spread (0-255) a cloud's rgb is treated as uninformative
-VIS_TOL_SPACING = 1.5       # depth-test slack for rendered views, in local spacings
+MAX_SPLAT_PX = 16.0         # disc radius cap in pixels (close-ups of sparse clouds; cost grows with its square)
+VIS_TOL_SPACING = 2.5       # depth-test slack for rendered views, in local spacings (OpenScene: 25 % of depth)
 
 
 def splat_radius(cloud: PointCloud, splat: str | float = "auto") -> np.ndarray | None:
@@ -85,18 +86,33 @@ def _shade_rgb(cloud, ids, rays, z_world):
 
 @shader("intensity")
 def _shade_intensity(cloud, ids, rays, z_world):
-    key = next(k for k in ("intensity", "Intensity", "remission") if k in cloud.fields)
+    key = _intensity_key(cloud)
+    if key is None:
+        raise ValueError("shading='intensity' needs an intensity field")
     v = _normalise(np.asarray(cloud.fields[key], np.float64).reshape(len(cloud), -1)[:, 0])[ids]
     g = 0.15 + 0.85 * np.clip(v, 0, 1) ** 0.7
     s = _shade(point_normals(cloud.xyz)[ids], rays)
     return (np.repeat((g * s)[:, None], 3, 1) * 255).astype(np.float32)
 
 
+def _intensity_key(cloud) -> str | None:
+    for k in ("intensity", "Intensity", "remission"):
+        if k in cloud.fields and np.ptp(np.asarray(cloud.fields[k], np.float64)) > 0:
+            return k
+    return None
+
+
 @shader("height")
 def _shade_height(cloud, ids, rays, z_world):
+    """Height ramp x headlight, darkened by intensity where the cloud has one (LiDAR)."""
     lo, hi = np.percentile(cloud.xyz[:, 2], [1, 99]) if len(cloud) else (0, 1)
     col = _ramp((cloud.xyz[ids, 2] - lo) / max(hi - lo, 1e-6))
-    return (col * _shade(point_normals(cloud.xyz)[ids], rays)[:, None] * 255).astype(np.float32)
+    s = _shade(point_normals(cloud.xyz)[ids], rays)
+    key = _intensity_key(cloud)
+    if key is not None:
+        v = _normalise(np.asarray(cloud.fields[key], np.float64).reshape(len(cloud), -1)[:, 0])[ids]
+        s = s * (0.7 + 0.3 * np.clip(v, 0, 1))
+    return (col * s[:, None] * 255).astype(np.float32)
 
 
 @shader("normals")
@@ -107,20 +123,19 @@ def _shade_normals(cloud, ids, rays, z_world):
 
 
 def pick_shading(cloud: PointCloud, shading: str = "auto") -> str:
-    """rgb when the cloud has informative colour, else intensity when it varies, else height.
+    """rgb when the cloud has informative colour, else height (modulated by intensity if any).
 
     Nearly uniform colour (some LAS tiles carry one grey for every point) shows no shape at all,
-    so it is treated as no colour.
+    so it is treated as no colour; raw LiDAR intensity alone is too speckled to read shapes from.
     """
     if shading != "auto":
         if shading not in SHADERS:
             raise ValueError(f"unknown shading {shading!r}; choose from {sorted(SHADERS)} or 'auto'")
+        if shading == "rgb" and cloud.rgb is None:
+            raise ValueError("shading='rgb' needs a cloud with colour")
         return shading
     if cloud.rgb is not None and float(cloud.rgb.astype(np.float32).std(0).max()) >= MIN_RGB_STD:
         return "rgb"
-    for k in ("intensity", "Intensity", "remission"):
-        if k in cloud.fields and np.ptp(np.asarray(cloud.fields[k], np.float64)) > 0:
-            return "intensity"
     return "height"
 
 
@@ -155,28 +170,35 @@ def _pixel_rays(camera: Camera, rows: np.ndarray, cols: np.ndarray) -> np.ndarra
 def render_cloud(cloud: PointCloud, camera: Camera, *, granularity: str = "scene", attribute: str | None = None,
                  splat: str | float = "auto", fill_holes: bool = True, shading: str = "auto",
                  rel_tol: float = 0.01, abs_tol: float = 0.02, name: str = "") -> View:
+    if attribute is not None and attribute not in cloud.fields:
+        raise KeyError(f"no per-point field {attribute!r}; the cloud has {sorted(cloud.fields)}")
     radius = splat_radius(cloud, splat)
     near = camera_near(camera)
-    depth, index = native.splat(cloud.xyz, camera, radius=radius, near=near, fill_iters=2 if fill_holes else 0)
+    depth, index = native.splat(cloud.xyz, camera, radius=radius, near=near, max_pixel_radius=MAX_SPLAT_PX,
+                                fill_iters=2 if fill_holes else 0)
     H, W = depth.shape
     hit = index >= 0
-    rows, cols = np.nonzero(hit)
     ids = index[hit]
-    rgb = np.empty((H, W, 3), np.float32)
-    rgb[:] = BACKGROUND
-    if len(ids):
-        if attribute is not None:
-            if attribute not in cloud.fields:
-                raise KeyError(f"no per-point field {attribute!r}; the cloud has {sorted(cloud.fields)}")
-            rgb[hit] = _attribute_image(cloud.fields[attribute], ids)
-        else:
-            rays = _pixel_rays(camera, rows, cols)
-            rgb[hit] = SHADERS[pick_shading(cloud, shading)](cloud, ids, rays, depth[hit])
+    mode = None if attribute is not None else pick_shading(cloud, shading)
+    if mode == "rgb":  # the common case: a straight uint8 gather, no float image
+        rgb = np.empty((H, W, 3), np.uint8)
+        rgb[:] = BACKGROUND
+        rgb[hit] = cloud.rgb[ids]
+    else:
+        img = np.empty((H, W, 3), np.float32)
+        img[:] = BACKGROUND
+        if len(ids):
+            if attribute is not None:
+                img[hit] = _attribute_image(cloud.fields[attribute], ids)
+            else:
+                rows, cols = np.nonzero(hit)
+                img[hit] = SHADERS[mode](cloud, ids, _pixel_rays(camera, rows, cols), depth[hit])
+        rgb = np.clip(img + 0.5, 0, 255).astype(np.uint8)
     tol = None if radius is None else VIS_TOL_SPACING / SPLAT_SCALE * radius
     pids, pix, _ = native.depth_test(cloud.xyz, camera, depth, rel_tol=rel_tol, abs_tol=abs_tol, point_tol=tol,
                                      near=near)
-    return View(camera, np.clip(rgb + 0.5, 0, 255).astype(np.uint8), depth, index, pids, pix, name=name,
-                granularity=granularity, meta={"kind": "points", "attribute": attribute})
+    return View(camera, rgb, depth, index, pids, pix, name=name, granularity=granularity,
+                meta={"kind": "points", "attribute": attribute, "shading": mode})
 
 
 # --- meshes ---------------------------------------------------------------------------------
