@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ["superpixels", "clip_dense", "default_path", "sam3d", "sam_auto"]
+STAGES = ["superpixels", "clip_dense", "default_path", "default_path_whole", "sam3d", "sam_auto"]
 
 
 def shared_image():
@@ -75,10 +75,10 @@ def run_stage(stage: str, runs: int) -> dict:
     if stage == "superpixels":
         src = get_mask_source("superpixels")
         out["seconds"] = timed(lambda: src(view), runs, out)
-    elif stage in ("clip_dense", "default_path"):
-        clip = ClipEncoder("ViT-B-16", "none", device="cpu")
+    elif stage in ("clip_dense", "default_path", "default_path_whole"):
+        clip = ClipEncoder("ViT-B-16", "none", device="cpu", windows="whole" if stage.endswith("whole") else "slide")
         (rh, rw), org = clip.window_layout(*view.hw)
-        out["windows"] = f"{len(org)} x 224^2 over {rw}x{rh}"
+        out["windows"] = f"{len(org)} x 224^2 over {rw}x{rh}" if clip.windows == "slide" else f"1 x {rw}x{rh}"
         if stage == "clip_dense":
             out["seconds"] = timed(lambda: clip.dense_features(view.rgb), runs, out)
         else:

@@ -210,7 +210,10 @@ class SamFrom3D(_SamBase):
         pid, px = prompt_points(view, self.grid, self.max_prompts)
         if len(pid) == 0:
             return np.full(view.hw, -1, np.int32)
-        keep_masks, keep_scores = [], []
+        # Selection (best of 3, thresholds, NMS) runs on the decoder's low-resolution logits;
+        # only the surviving masks are upsampled to the image (the costly part on a CPU).
+        thr = self.sam.mask_threshold
+        keep_logits, keep_scores = [], []
         with torch.inference_mode():
             self.predictor.set_image(np.ascontiguousarray(view.rgb[..., :3]))
             for i in range(0, len(pid), self.points_per_batch):
@@ -221,26 +224,20 @@ class SamFrom3D(_SamBase):
                 low, iou = self.sam.mask_decoder(
                     image_embeddings=self.predictor.features, image_pe=self.sam.prompt_encoder.get_dense_pe(),
                     sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=True)
-                best = iou.argmax(1)          # pick before upsampling: 3x less interpolation
+                best = iou.argmax(1)
                 r = torch.arange(len(best), device=self.device)
-                logits = self.sam.postprocess_masks(low[r, best][:, None], self.predictor.input_size,
-                                                    self.predictor.original_size)[:, 0]
-                iou = iou[r, best]
-                stab = calculate_stability_score(logits, self.sam.mask_threshold, 1.0)
-                ok = (iou >= self.pred_iou_thresh) & (stab >= self.stability_score_thresh)
-                masks = logits[ok] > self.sam.mask_threshold
-                if self.min_area:
-                    big = masks.flatten(1).sum(1) >= self.min_area
-                    masks, ok_idx = masks[big], ok.nonzero()[:, 0][big]
-                else:
-                    ok_idx = ok.nonzero()[:, 0]
-                keep_masks.append(masks.cpu())
-                keep_scores.append(iou[ok_idx].float().cpu())
-        masks, scores = torch.cat(keep_masks), torch.cat(keep_scores)
-        nonempty = masks.flatten(1).any(1)
-        masks, scores = masks[nonempty], scores[nonempty]
-        if len(masks) == 0:
-            return np.full(view.hw, -1, np.int32)
-        boxes = batched_mask_to_box(masks).float()
-        keep = nms(boxes, scores, self.nms_thresh)
-        return paint_masks(masks[keep].numpy(), view.hw)
+                low, iou = low[r, best], iou[r, best]
+                stab = calculate_stability_score(low, thr, 1.0)
+                ok = (iou >= self.pred_iou_thresh) & (stab >= self.stability_score_thresh) & \
+                     (low > thr).flatten(1).any(1)
+                keep_logits.append(low[ok])
+                keep_scores.append(iou[ok].float())
+            logits, scores = torch.cat(keep_logits), torch.cat(keep_scores)
+            if len(logits) == 0:
+                return np.full(view.hw, -1, np.int32)
+            # the low-res grid covers the padded square input: one scale for both axes, so box IoU holds
+            keep = nms(batched_mask_to_box(logits > thr).float(), scores, self.nms_thresh)
+            masks = self.sam.postprocess_masks(logits[keep][:, None], self.predictor.input_size,
+                                               self.predictor.original_size)[:, 0] > thr
+            masks = masks[masks.flatten(1).sum(1) >= max(1, self.min_area)]
+        return paint_masks(masks.cpu().numpy(), view.hw)
