@@ -133,3 +133,24 @@ def test_cli_distill_and_predict(scene, tmp_path, capsys):
     assert main(["distill", str(fused), "--out", str(ck), "--planes", "8,8"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 3 and all(line.startswith("pc-ovseg ") for line in err)
+
+
+def test_voxel_inputs_and_targets(scene):
+    from pc_ovseg.backbone.inputs import input_channels, voxelize_scene
+    assert input_channels("ones+height+color") == 5
+    with pytest.raises(InputError, match="colour"):
+        voxelize_scene(scene.cloud, 0.3, "color")
+    rgb = np.full((len(scene.cloud), 3), 255, np.uint8)
+    coloured = PointCloud(scene.cloud.xyz, rgb)
+    vs = voxelize_scene(coloured, 0.3, "color+height")
+    assert vs.feats.shape == (len(vs.coords), 4)
+    np.testing.assert_allclose(vs.feats[:, :3], 0.5)
+    vs = voxelize_scene(scene.cloud, 0.3, "ones", features=scene.features, seen=scene.seen)
+    seen_voxels = np.unique(vs.inverse[scene.seen])
+    assert set(np.flatnonzero(vs.valid)) == set(seen_voxels)
+    np.testing.assert_allclose(np.linalg.norm(vs.target[vs.valid], axis=1), 1, atol=1e-5)
+    # a voxel's target is its seen points' mean feature: the majority label wins
+    v = seen_voxels[0]
+    members = np.flatnonzero((vs.inverse == v) & scene.seen)
+    counts = np.bincount(scene.features[members].astype(np.float32).argmax(1), minlength=len(NAMES))
+    assert vs.target[v].argmax() == counts.argmax()

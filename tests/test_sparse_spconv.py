@@ -41,3 +41,13 @@ def test_backends_agree_forward_and_backward():
     for p, q in [(a.feats, b.feats), *zip(wa, wb)]:  # float32 sums of ~1e6: compare relative to the scale
         scale = p.grad.abs().max()
         torch.testing.assert_close(p.grad / scale, q.grad / scale, rtol=0, atol=1e-5)
+
+
+def test_backends_agree_on_minkunet():
+    from pc_ovseg.backbone.model import MinkUNet, unet_spec
+    model = MinkUNet(unet_spec("MinkUNet18A", in_channels=4, out_channels=5, planes=(4, 6, 8, 8, 6, 6, 4, 4),
+                               init_dim=4)).eval()
+    a, b = _pair(seed=2, grid=16)
+    with torch.no_grad():
+        ya, yb = model(a).feats, model(b).feats
+    torch.testing.assert_close(ya, yb, rtol=1e-4, atol=1e-4)

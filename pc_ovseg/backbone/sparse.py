@@ -235,8 +235,8 @@ class _SparseConvFn(torch.autograd.Function):
             if need_w:
                 if gw.dtype == x.dtype:
                     torch.mm(x.t(), g, out=gw[k])
-                else:
-                    gw[k] = (x.t() @ g).to(gw.dtype)
+                else:  # half features: sum over up to ~1e5 rows in float32 (fp16 output overflows)
+                    gw[k] = x.t().float() @ g.float()
         return gx, None if gw is None else gw.to(weight.dtype), None
 
 
