@@ -88,10 +88,11 @@ def depth_test(xyz: np.ndarray, camera, depth: np.ndarray, *, rel_tol: float = 0
 
 def splat(xyz: np.ndarray, camera, *, radius: np.ndarray | None = None, max_pixel_radius: float = 8.0,
           near: float = 1e-3, fill_iters: int = 2, fill_reach: int = 4, fill_tol: float = 0.05,
-          fill_need: int = 6) -> tuple[np.ndarray, np.ndarray]:
+          fill_need: int = 6, surface_owner: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Z-buffer ``xyz`` into ``camera``'s image as discs of world radius ``radius`` (per point).
 
-    Nearest point wins each pixel; ``fill_iters`` passes of hole filling then close gaps between
+    Nearest point wins each pixel's depth; with ``surface_owner`` the index goes to the disc on
+    that front surface whose centre is nearest the pixel (so a point owns its own pixel); ``fill_iters`` passes of hole filling then close gaps between
     splats and hide far surfaces that show through near ones (see render.cpp). Returns ``depth``
     (H, W) float32 metres (0 = empty) and ``index`` (H, W) int64 point id (-1 = empty).
     """
@@ -99,7 +100,7 @@ def splat(xyz: np.ndarray, camera, *, radius: np.ndarray | None = None, max_pixe
     r = np.zeros(0, np.float32) if radius is None else _f(radius).reshape(-1)
     return _C.splat(_f(xyz).reshape(-1, 3), w2c, intr, int(camera.width), int(camera.height), r,
                     float(max_pixel_radius), float(near), int(fill_iters), int(fill_reach), float(fill_tol),
-                    int(fill_need))
+                    int(fill_need), bool(surface_owner))
 
 
 def fill_holes(depth: np.ndarray, index: np.ndarray, *, iters: int = 2, reach: int = 4, tol: float = 0.05,

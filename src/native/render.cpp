@@ -187,7 +187,7 @@ void fill_pass(const float* dsrc, const int64_t* isrc, float* ddst, int64_t* ids
 // radius is empty or small), nearest point wins (ties: lower index), then hole filling.
 nb::tuple splat(In<float, nb::shape<-1, 3>> xyz, In<double, nb::shape<3, 4>> w2c, In<double, nb::shape<4>> intr,
                 int width, int height, In<float, nb::shape<-1>> radius, double max_pixel_radius, double near,
-                int fill_iters, int fill_reach, double fill_tol, int fill_need) {
+                int fill_iters, int fill_reach, double fill_tol, int fill_need, bool surface_owner) {
   if (width <= 0 || height <= 0) throw std::invalid_argument("image size must be positive");
   const int64_t n = (int64_t)xyz.shape(0);
   const bool has_r = radius.shape(0) != 0;
@@ -250,6 +250,58 @@ nb::tuple splat(In<float, nb::shape<-1, 3>> xyz, In<double, nb::shape<3, 4>> w2c
       if (k == ~uint64_t(0)) { depth[o] = 0.f; index[o] = -1; }
       else { depth[o] = bits_float(uint32_t(k >> 32)); index[o] = int64_t(k & 0xffffffffULL); }
     }
+    if (surface_owner && has_r) {
+      // Pass 2: the front surface is known; among the discs that lie on it (within the disc's
+      // own world radius of the front depth), the point whose centre is nearest the pixel owns
+      // it. Plain "nearest depth wins" lets a large disc in front of its neighbours' centres
+      // steal their pixels, so points on a surface would rarely be the one drawn at their pixel.
+      std::unique_ptr<std::atomic<uint64_t>[]> own(new std::atomic<uint64_t>[npx]);
+      for (int64_t o = 0; o < npx; ++o) own[o].store(~uint64_t(0), std::memory_order_relaxed);
+      auto draw_owner = [&](int64_t i, auto&& write_min) {
+        float z; int row, col; double u, v;
+        if (!cam.project(p + 3 * i, near, z, row, col, u, v)) return;
+        double rp = fmean * rad[i] / z;
+        if (rp > max_pixel_radius) rp = max_pixel_radius;
+        const int h = rp >= 1.0 ? (int)rp : 0;
+        if (row + h < 0 || col + h < 0 || row - h >= H || col - h >= W) return;
+        const float tol = std::max(2.0f * rad[i], 0.002f * z);
+        const double r2 = (rp + 0.5) * (rp + 0.5);
+        for (int dy = -h; dy <= h; ++dy) {
+          const int rr = row + dy;
+          if (rr < 0 || rr >= H) continue;
+          for (int dx = -h; dx <= h; ++dx) {
+            const int cc = col + dx;
+            if (cc < 0 || cc >= W) continue;
+            if (h && double(dx * dx + dy * dy) > r2) continue;
+            const int64_t o = (int64_t)rr * W + cc;
+            if (depth[o] <= 0.f || z > depth[o] + tol) continue;
+            const double d2 = (cc - u) * (cc - u) + (rr - v) * (rr - v);
+            const uint64_t key = (uint64_t(std::min(d2 * 4096.0, 4.0e9)) << 32) | uint64_t(uint32_t(i));
+            write_min(o, key);
+          }
+        }
+      };
+      if (n > kParallelPoints && num_threads() > 1) {
+#pragma omp parallel for schedule(dynamic, 16384)
+        for (int64_t i = 0; i < n; ++i)
+          draw_owner(i, [&](int64_t o, uint64_t key) {
+            std::atomic<uint64_t>& slot = own[o];
+            uint64_t cur = slot.load(std::memory_order_relaxed);
+            while (key < cur && !slot.compare_exchange_weak(cur, key, std::memory_order_relaxed)) {
+            }
+          });
+      } else {
+        uint64_t* plain = reinterpret_cast<uint64_t*>(own.get());
+        for (int64_t i = 0; i < n; ++i)
+          draw_owner(i, [&](int64_t o, uint64_t key) {
+            if (key < plain[o]) plain[o] = key;
+          });
+      }
+      for (int64_t o = 0; o < npx; ++o) {
+        const uint64_t k = own[o].load(std::memory_order_relaxed);
+        if (k != ~uint64_t(0)) index[o] = int64_t(k & 0xffffffffULL);
+      }
+    }
     if (fill_iters > 0) {
       std::vector<float> d2(npx);
       std::vector<int64_t> i2(npx);
@@ -300,7 +352,7 @@ void bind_render(nb::module_& m) {
         " -> (point_ids int64, pixels int32 (M,2) row/col, z float32)");
   m.def("splat", &splat, nb::arg("xyz"), nb::arg("w2c"), nb::arg("intr"), nb::arg("width"), nb::arg("height"),
         nb::arg("radius"), nb::arg("max_pixel_radius"), nb::arg("near"), nb::arg("fill_iters"),
-        nb::arg("fill_reach"), nb::arg("fill_tol"), nb::arg("fill_need"),
+        nb::arg("fill_reach"), nb::arg("fill_tol"), nb::arg("fill_need"), nb::arg("surface_owner") = true,
         "splat(...) -> (depth float32 (H,W) 0 = empty, index int64 (H,W) -1 = empty)");
   m.def("fill_holes", &fill_holes, nb::arg("depth"), nb::arg("index"), nb::arg("iters"), nb::arg("reach"),
         nb::arg("tol"), nb::arg("need"));
