@@ -164,6 +164,9 @@ def _run_args(p):
     _scene_args(p)
     p.add_argument("--labels", required=True,
                    help="vocabulary: label-set name (scannet20, ...), file, or 'wall,floor,chair,other'")
+    p.add_argument("--distilled", metavar="CKPT", help="also predict with this distilled 3D model (`pc-ovseg "
+                   "distill`) and label the 2D-3D ensemble")
+    p.add_argument("--tta", type=int, default=1, help="test-time augmentations for --distilled")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
 
 
@@ -177,7 +180,8 @@ def _scene_kw(args) -> dict:
 def cmd_run(args) -> int:
     from .pipeline import run
     voc = _vocabulary(args.labels)
-    summary = run(args.input, args.out, voc.pop("vocabulary"), encoder_args=args, **voc, **_scene_kw(args))
+    summary = run(args.input, args.out, voc.pop("vocabulary"), encoder_args=args, distilled=args.distilled,
+                  tta=args.tta, **voc, **_scene_kw(args))
     if args.json:
         print_json(summary)
     else:

@@ -197,8 +197,27 @@ def export_labels(out_dir: str | Path, fc: FeatureCloud, vocabulary: list[str], 
             "unseen": int((~seen).sum()), "points": len(res.labels)}
 
 
+def ensemble_with_distilled(fused: FeatureCloud, ckpt: str, vocabulary: list[str], out: Path, *,
+                            tta: int = 1) -> FeatureCloud:
+    """OpenScene's 2D-3D ensemble: the distilled network predicts every point from geometry, and
+    per point the feature (fused or predicted) with the higher best-class score is kept; points no
+    view saw get the 3D prediction instead of staying unlabelled."""
+    from .backbone.predict import ensemble, predict
+    from .query import QueryEngine
+
+    pred = predict(ckpt, fused.cloud, tta=tta)
+    if pred.features.shape[1] != fused.features.shape[1]:
+        raise InputError(ckpt, f"distilled model predicts {pred.features.shape[1]}-d features, "
+                               f"the fused features are {fused.features.shape[1]}-d (another encoder?)")
+    pred.encoder, pred.class_names = fused.encoder, fused.class_names
+    pred.save(out / "distilled.npz")
+    ens = ensemble(fused, pred, QueryEngine(fused).embed(list(vocabulary)))
+    ens.save(out / "ensemble.npz")
+    return ens
+
+
 def run(path: str, out_dir: str | Path, vocabulary: list[str], *, class_ids=None, las_codes: str = "shift",
-        view_encoder=None, encoder_args=None,
+        distilled: str | None = None, tta: int = 1, view_encoder=None, encoder_args=None,
         max_views: int | None = None, cloud_path: str | None = None, fusion_cfg: FusionConfig | None = None,
         progress: bool = True, **scene_kw) -> dict:
     """The main job: fused features and labels for any input, resuming from ``out_dir/cache``."""
@@ -217,6 +236,10 @@ def run(path: str, out_dir: str | Path, vocabulary: list[str], *, class_ids=None
     summary = {"input": str(path), "points": len(scene.cloud), "views": stats.views,
                "views_computed": stats.computed, "views_cached": stats.cached,
                "coverage": round(fc.coverage, 6), "encoder": fc.encoder, "fused": str(out / "fused.npz")}
+    if distilled:
+        fc = ensemble_with_distilled(fc, distilled, vocabulary, out, tta=tta)
+        summary.update(distilled=str(out / "distilled.npz"), ensemble=str(out / "ensemble.npz"),
+                       coverage_ensemble=round(fc.coverage, 6))
     summary.update(export_labels(out, fc, vocabulary, class_ids=class_ids, las_codes=las_codes))
     summary["seconds"] = round(time.time() - t0, 3)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -73,6 +73,19 @@ def test_run_7scenes_interrupt_resume(shared_data, tiny_clip, tmp_path):
     res = json.loads(q.stdout)
     assert Path(res["files"][0]).exists() and "objects" in res
 
+    # distil a small 3D student from the fused result, then finish the run with the 2D-3D ensemble
+    ckpt = tmp_path / "student.pt"
+    d = subprocess.run(_cli("distill", out / "fused.npz", "--out", ckpt, "--epochs", 2, "--voxel-size", 0.05,
+                            "--planes", "8,8,8,8,8,8,8,8"), capture_output=True, text=True, env=env, timeout=600)
+    assert d.returncode == 0, d.stderr
+    ens = subprocess.run(cmd + ["--distilled", str(ckpt)], capture_output=True, text=True, env=env, timeout=900)
+    assert ens.returncode == 0, ens.stderr
+    s2 = json.loads(ens.stdout)
+    assert s2["views_cached"] == 6                      # fusion fully reused from the cache
+    assert s2["coverage_ensemble"] == 1.0               # the 3D model labels every point
+    assert (out / "ensemble.npz").exists() and (out / "distilled.npz").exists()
+    assert (PlyData.read(str(out / "labels.ply"))["vertex"]["label"] >= 0).all()
+
 
 def test_run_reports_missing_weights_in_one_line(tmp_path):
     cmd = _cli("run", Path(__file__).resolve().parents[1] / "data" / "sample_room.ply", "--labels", "wall,floor",
