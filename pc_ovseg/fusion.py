@@ -31,6 +31,8 @@ class FusionConfig:
     border: float = 0.05          # weight ramps from 0.25 to 1 over this fraction of the image edge
     not_drawn: float = 0.1        # weight when the pixel shows another point (index map) than this one
     balance: str = "granularity"  # "granularity" (sample-balanced) or "none" (plain weighted mean)
+    balance_power: float = 0.5    # 1 = each granularity gets equal say; 0 = plain mean; between,
+                                  # a granularity's say grows with the square root of its evidence
     segments: float = 0.5         # blend with the mean over geometric segments (0 = off) ...
     segments_disagree: float = 1.5  # ... plus this much more where the views disagree (see result)
     smoothing: float = 0.0        # 0 = off; else blend with the kNN mean of fused features
@@ -128,9 +130,8 @@ class FeatureFusion:
         if self.cfg.balance == "none" or self.totals.shape[1] == 0:
             return vis.weights
         g = self.groups[vis.granularity]
-        tot = self.totals[vis.point_ids]
-        n_groups = np.maximum((tot > 0).sum(1), 1)
-        return (vis.weights / np.maximum(tot[:, g], 1e-12) / n_groups).astype(np.float32)
+        tot = self.totals[vis.point_ids, g]
+        return (vis.weights / np.maximum(tot, 1e-12) ** self.cfg.balance_power).astype(np.float32)
 
     def add(self, vis: Visibility, feats: ViewFeatures) -> None:
         if feats.dim != self.dim:

@@ -56,12 +56,15 @@ def test_balanced_fusion_gives_each_granularity_equal_say():
     onehot = lambda c: ViewFeatures((4, 4), regions=np.zeros((4, 4), np.int32), region_features=np.eye(2)[[c]])  # noqa
     items = [(_vis(f"c{i}", "close", [0], [1.0]), onehot(1)) for i in range(10)]
     items.append((_vis("s", "scene", [0], [1.0]), onehot(0)))
-    plain = fuse(cloud, items, 2, cfg=FusionConfig(balance="none"))
-    bal = fuse(cloud, items, 2, cfg=FusionConfig(balance="granularity"))
+    plain = fuse(cloud, items, 2, cfg=FusionConfig(balance="none", segments=0))
+    bal = fuse(cloud, items, 2, cfg=FusionConfig(balance="granularity", balance_power=1.0, segments=0))
+    half = fuse(cloud, items, 2, cfg=FusionConfig(balance="granularity", balance_power=0.5, segments=0))
     f_plain = plain.features[0].astype(np.float32)
     f_bal = bal.features[0].astype(np.float32)
     assert f_plain[1] > 5 * f_plain[0]              # close-ups dominate a plain mean
     np.testing.assert_allclose(f_bal[0], f_bal[1], atol=1e-3)  # balanced: equal say
+    f_half = half.features[0].astype(np.float32)
+    assert f_bal[1] / f_bal[0] < f_half[1] / f_half[0] < f_plain[1] / f_plain[0]  # sqrt: in between
     assert not plain.seen[1] and plain.view_count[1] == 0 and plain.view_count[0] == 11
     assert (bal.features[1] == 0).all()             # unseen stays unseen, no label
 
