@@ -33,7 +33,7 @@ class FusionConfig:
     balance: str = "granularity"  # "granularity" (sample-balanced) or "none" (plain weighted mean)
     balance_power: float = 0.5    # 1 = each granularity gets equal say; 0 = plain mean; between,
                                   # a granularity's say grows with the square root of its evidence
-    segments: float = 0.5         # blend with the mean over geometric segments (0 = off) ...
+    segments: float = 0.3         # blend with the mean over geometric segments (0 = off) ...
     segments_disagree: float = 1.5  # ... plus this much more where the views disagree (see result)
     smoothing: float = 0.0        # 0 = off; else blend with the kNN mean of fused features
     smoothing_k: int = 8

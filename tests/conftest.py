@@ -18,6 +18,20 @@ def shared_data_dir() -> Path:
     return Path(env) if env else ROOT.parent / "shared" / "data"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _subprocesses_import_the_tested_package():
+    """`python -m pc_ovseg` would put the working directory first on sys.path, so a subprocess
+    started from a source checkout would import the unbuilt source tree instead of the installed
+    package under test; PYTHONSAFEPATH (Python >= 3.11) leaves the working directory out."""
+    old = os.environ.get("PYTHONSAFEPATH")
+    os.environ["PYTHONSAFEPATH"] = "1"
+    yield
+    if old is None:
+        os.environ.pop("PYTHONSAFEPATH", None)
+    else:
+        os.environ["PYTHONSAFEPATH"] = old
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     d = shared_data_dir()

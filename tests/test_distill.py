@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
+
+import pc_ovseg
 import pytest
 import torch
 
@@ -103,7 +105,7 @@ def test_ddp_two_processes_gloo(shared_data, tmp_path):
         "import torch.distributed as dist\n"
         "print('RANK', dist.get_rank(), 'WORLD', dist.get_world_size(), 'STEPS', r.steps, flush=True)\n"
         "dist.destroy_process_group()\n")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(pc_ovseg.__file__).resolve().parents[1]) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     ck = tmp_path / "ddp.pt"
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                            str(script), str(tmp_path / "scene0.npz"), str(tmp_path / "scene1.npz"), str(ck)],
