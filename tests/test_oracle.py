@@ -1,0 +1,53 @@
+"""The oracle benchmark on real data: GT label maps through views -> fusion -> query -> eval."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from pc_ovseg import io
+from pc_ovseg.eval import evaluate
+from pc_ovseg.oracle import corrupt_label_map, gt_label_map, oracle_fuse
+from pc_ovseg.query import QueryEngine
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_oracle.py"
+
+
+def test_oracle_on_airborne_lidar_recovers_every_class(shared_data):
+    cloud = io.read_cloud(shared_data / "las" / "sample_c.las")
+    from pc_ovseg.eval import load_labelset
+    ls = load_labelset("asprs")
+    gt = cloud.fields["classification"].astype(np.int64)
+    gt = np.where(np.isin(gt, ls.ids), gt, -1)
+    fc = oracle_fuse(cloud, gt, ls.class_names)
+    assert fc.seen[gt >= 0].mean() > 0.99  # ignored points cast no vote, so only labelled ones count
+    res = evaluate(QueryEngine(fc).labels(ls.class_names).labels, gt, ls.class_names)
+    assert res.miou >= 0.95  # incl. 7 high-vegetation, 2 road and 45 wire points
+
+
+def test_bench_oracle_script_on_an_organised_kinect_frame(shared_data):
+    names = "table,ignore,obj2,obj3,obj4,obj5,obj6,obj7,obj8,obj9"
+    cmd = [sys.executable, str(SCRIPT), str(shared_data / "mosd" / "learn0.pcd"), "--gt", "label",
+           "--gt-divide", "10", "--classes", names, "--json"]
+    out = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=600).stdout)
+    assert out["miou"] >= 0.95 and out["coverage"] >= 0.99 and out["views"] == 1
+    assert {"miou", "coverage", "seconds"} <= set(out)
+
+
+def test_noise_relabels_whole_regions_with_wrong_classes():
+    rng = np.random.default_rng(0)
+    lm = np.zeros((20, 20), np.int32)
+    regions = np.repeat(np.arange(10), 40).reshape(20, 20)
+    out = corrupt_label_map(lm, regions, 0.5, 3, rng)
+    changed = [r for r in range(10) if (out[regions == r] != 0).all()]
+    untouched = [r for r in range(10) if (out[regions == r] == 0).all()]
+    assert len(changed) + len(untouched) == 10 and 1 <= len(changed) <= 9
+
+
+def test_gt_label_map_ignores_unknown_ids():
+    from pc_ovseg.data import Camera, View
+    idx = np.array([[0, 1], [-1, 2]])
+    v = View(Camera(np.eye(3), np.eye(4), 2, 2), np.zeros((2, 2, 3), np.uint8), np.zeros((2, 2), np.float32),
+             idx, np.arange(3), np.zeros((3, 2), np.int32))
+    assert gt_label_map(v, np.array([1, 7, 0]), 3).tolist() == [[1, -1], [-1, 0]]
