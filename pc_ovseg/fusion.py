@@ -35,6 +35,7 @@ class FusionConfig:
                                   # a granularity's say grows with the square root of its evidence
     segments: float = 0.3         # blend with the mean over geometric segments (0 = off) ...
     segments_disagree: float = 1.5  # ... plus this much more where the views disagree (see result)
+    segments_sparse: float = 0.0  # ... plus this / (views that saw the point); see docs/fusion.md
     smoothing: float = 0.0        # 0 = off; else blend with the kNN mean of fused features
     smoothing_k: int = 8
 
@@ -153,7 +154,9 @@ class FeatureFusion:
         fc = FeatureCloud(cloud, self.acc, weight.astype(np.float32), self.count, encoder, class_names,
                           dict(meta or {}, fusion=vars(self.cfg).copy()))
         if self.cfg.segments > 0:
-            strength = np.clip(self.cfg.segments + self.cfg.segments_disagree * (1.0 - agreement), 0.0, 0.95)
+            strength = (self.cfg.segments + self.cfg.segments_disagree * (1.0 - agreement)
+                        + self.cfg.segments_sparse / np.maximum(self.count, 1))
+            strength = np.clip(strength, 0.0, 0.95)
             smooth_over_segments(fc, geometric_segments(cloud), strength)
         if self.cfg.smoothing > 0:
             smooth_features(fc, self.cfg.smoothing, self.cfg.smoothing_k)

@@ -32,6 +32,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--segments", type=float, default=None, help="fusion: blend with segment means (0 = off)")
     ap.add_argument("--segments-disagree", type=float, default=None, help="fusion: extra segment pull where views disagree")
+    ap.add_argument("--segments-sparse", type=float, default=None, help="fusion: extra segment pull for few-view points")
     ap.add_argument("--balance-power", type=float, default=None, help="fusion: 1 = granularities equal, 0 = plain mean")
     ap.add_argument("--not-drawn", type=float, default=None, help="fusion: weight where another point is drawn")
     ap.add_argument("--json", action="store_true")
@@ -66,6 +67,8 @@ def main(argv=None) -> int:
             cfg.segments = args.segments
         if args.segments_disagree is not None:
             cfg.segments_disagree = args.segments_disagree
+        if args.segments_sparse is not None:
+            cfg.segments_sparse = args.segments_sparse
         if args.balance_power is not None:
             cfg.balance_power = args.balance_power
         if args.not_drawn is not None:
