@@ -207,16 +207,14 @@ nb::tuple splat(In<float, nb::shape<-1, 3>> xyz, In<double, nb::shape<3, 4>> w2c
     std::unique_ptr<std::atomic<uint64_t>[]> zbuf(new std::atomic<uint64_t>[npx]);
     for (int64_t o = 0; o < npx; ++o) zbuf[o].store(~uint64_t(0), std::memory_order_relaxed);
 
-    // Each point draws its disc; the packed (depth bits, index) key makes "nearest wins, ties to
-    // the lower index" a single integer min, done with CAS when threads share the buffer.
-    auto draw = [&](int64_t i, auto&& write_min) {
+    // Visit the pixels of point i's disc: fn(pixel offset, row, col, z, u, v).
+    auto disc = [&](int64_t i, auto&& fn) {
       float z; int row, col; double u, v;
       if (!cam.project(p + 3 * i, near, z, row, col, u, v)) return;
       double rp = has_r ? fmean * rad[i] / z : 0.0;
       if (rp > max_pixel_radius) rp = max_pixel_radius;
       const int h = rp >= 1.0 ? (int)rp : 0;
       if (row + h < 0 || col + h < 0 || row - h >= H || col - h >= W) return;
-      const uint64_t key = (uint64_t(float_bits(z)) << 32) | uint64_t(uint32_t(i));
       const double r2 = (rp + 0.5) * (rp + 0.5);
       for (int dy = -h; dy <= h; ++dy) {
         const int rr = row + dy;
@@ -225,78 +223,56 @@ nb::tuple splat(In<float, nb::shape<-1, 3>> xyz, In<double, nb::shape<3, 4>> w2c
           const int cc = col + dx;
           if (cc < 0 || cc >= W) continue;
           if (h && double(dx * dx + dy * dy) > r2) continue;
-          write_min((int64_t)rr * W + cc, key);
+          fn((int64_t)rr * W + cc, rr, cc, z, u, v);
         }
       }
     };
-    if (n > kParallelPoints && num_threads() > 1) {
+    // Every point writes packed keys into buf with an integer min: CAS when threads share the
+    // buffer, plain loads and stores on one thread. key_of(i, o, rr, cc, z, u, v) -> key or ~0.
+    auto min_pass = [&](std::atomic<uint64_t>* buf, auto&& key_of) {
+      if (n > kParallelPoints && num_threads() > 1) {
 #pragma omp parallel for schedule(dynamic, 16384)
-      for (int64_t i = 0; i < n; ++i)
-        draw(i, [&](int64_t o, uint64_t key) {
-          std::atomic<uint64_t>& slot = zbuf[o];
-          uint64_t cur = slot.load(std::memory_order_relaxed);
-          while (key < cur && !slot.compare_exchange_weak(cur, key, std::memory_order_relaxed)) {
-          }
-        });
-    } else {  // one thread: plain loads and stores on the same buffer
-      uint64_t* plain = reinterpret_cast<uint64_t*>(zbuf.get());
-      for (int64_t i = 0; i < n; ++i)
-        draw(i, [&](int64_t o, uint64_t key) {
-          if (key < plain[o]) plain[o] = key;
-        });
-    }
+        for (int64_t i = 0; i < n; ++i)
+          disc(i, [&](int64_t o, int rr, int cc, float z, double u, double v) {
+            const uint64_t key = key_of(i, o, rr, cc, z, u, v);
+            std::atomic<uint64_t>& slot = buf[o];
+            uint64_t cur = slot.load(std::memory_order_relaxed);
+            while (key < cur && !slot.compare_exchange_weak(cur, key, std::memory_order_relaxed)) {
+            }
+          });
+      } else {
+        uint64_t* plain = reinterpret_cast<uint64_t*>(buf);
+        for (int64_t i = 0; i < n; ++i)
+          disc(i, [&](int64_t o, int rr, int cc, float z, double u, double v) {
+            const uint64_t key = key_of(i, o, rr, cc, z, u, v);
+            if (key < plain[o]) plain[o] = key;
+          });
+      }
+    };
+    // Pass 1: the packed (depth bits, index) key makes "nearest wins, ties to the lower index"
+    // a single integer min.
+    min_pass(zbuf.get(), [&](int64_t i, int64_t, int, int, float z, double, double) {
+      return (uint64_t(float_bits(z)) << 32) | uint64_t(uint32_t(i));
+    });
     for (int64_t o = 0; o < npx; ++o) {
       const uint64_t k = zbuf[o].load(std::memory_order_relaxed);
       if (k == ~uint64_t(0)) { depth[o] = 0.f; index[o] = -1; }
       else { depth[o] = bits_float(uint32_t(k >> 32)); index[o] = int64_t(k & 0xffffffffULL); }
     }
     if (surface_owner && has_r) {
-      // Pass 2: the front surface is known; among the discs that lie on it (within the disc's
-      // own world radius of the front depth), the point whose centre is nearest the pixel owns
-      // it. Plain "nearest depth wins" lets a large disc in front of its neighbours' centres
-      // steal their pixels, so points on a surface would rarely be the one drawn at their pixel.
+      // Pass 2: the front surface is known; among the discs that lie on it (within twice the
+      // disc's world radius of the front depth), the point whose centre is nearest the pixel
+      // owns it. Plain "nearest depth wins" lets a large disc in front of its neighbours'
+      // centres steal their pixels, so a point on a surface would rarely be the one drawn at
+      // its own pixel.
       std::unique_ptr<std::atomic<uint64_t>[]> own(new std::atomic<uint64_t>[npx]);
       for (int64_t o = 0; o < npx; ++o) own[o].store(~uint64_t(0), std::memory_order_relaxed);
-      auto draw_owner = [&](int64_t i, auto&& write_min) {
-        float z; int row, col; double u, v;
-        if (!cam.project(p + 3 * i, near, z, row, col, u, v)) return;
-        double rp = fmean * rad[i] / z;
-        if (rp > max_pixel_radius) rp = max_pixel_radius;
-        const int h = rp >= 1.0 ? (int)rp : 0;
-        if (row + h < 0 || col + h < 0 || row - h >= H || col - h >= W) return;
+      min_pass(own.get(), [&](int64_t i, int64_t o, int rr, int cc, float z, double u, double v) -> uint64_t {
         const float tol = std::max(2.0f * rad[i], 0.002f * z);
-        const double r2 = (rp + 0.5) * (rp + 0.5);
-        for (int dy = -h; dy <= h; ++dy) {
-          const int rr = row + dy;
-          if (rr < 0 || rr >= H) continue;
-          for (int dx = -h; dx <= h; ++dx) {
-            const int cc = col + dx;
-            if (cc < 0 || cc >= W) continue;
-            if (h && double(dx * dx + dy * dy) > r2) continue;
-            const int64_t o = (int64_t)rr * W + cc;
-            if (depth[o] <= 0.f || z > depth[o] + tol) continue;
-            const double d2 = (cc - u) * (cc - u) + (rr - v) * (rr - v);
-            const uint64_t key = (uint64_t(std::min(d2 * 4096.0, 4.0e9)) << 32) | uint64_t(uint32_t(i));
-            write_min(o, key);
-          }
-        }
-      };
-      if (n > kParallelPoints && num_threads() > 1) {
-#pragma omp parallel for schedule(dynamic, 16384)
-        for (int64_t i = 0; i < n; ++i)
-          draw_owner(i, [&](int64_t o, uint64_t key) {
-            std::atomic<uint64_t>& slot = own[o];
-            uint64_t cur = slot.load(std::memory_order_relaxed);
-            while (key < cur && !slot.compare_exchange_weak(cur, key, std::memory_order_relaxed)) {
-            }
-          });
-      } else {
-        uint64_t* plain = reinterpret_cast<uint64_t*>(own.get());
-        for (int64_t i = 0; i < n; ++i)
-          draw_owner(i, [&](int64_t o, uint64_t key) {
-            if (key < plain[o]) plain[o] = key;
-          });
-      }
+        if (depth[o] <= 0.f || z > depth[o] + tol) return ~uint64_t(0);
+        const double d2 = (cc - u) * (cc - u) + (rr - v) * (rr - v);
+        return (uint64_t(std::min(d2 * 4096.0, 4.0e9)) << 32) | uint64_t(uint32_t(i));
+      });
       for (int64_t o = 0; o < npx; ++o) {
         const uint64_t k = own[o].load(std::memory_order_relaxed);
         if (k != ~uint64_t(0)) index[o] = int64_t(k & 0xffffffffULL);
