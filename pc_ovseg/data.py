@@ -274,35 +274,41 @@ class ViewFeatures:
         """Features (M, D) float32 at integer pixels (M, 2) = (row, col); zero rows where none."""
         pixels = np.asarray(pixels)
         H, W = self.image_hw
-        out = np.zeros((len(pixels), self.dim), np.float32)
         have = np.zeros(len(pixels), bool)
         if self.dense is not None:
             out = _bilinear(self.dense, pixels, H, W)
             have[:] = True
+        else:
+            out = np.zeros((len(pixels), self.dim), np.float32)
         if self.regions is not None and self.region_features is not None:
             rid = self.regions[pixels[:, 0], pixels[:, 1]]
-            m = rid >= 0
-            rf = np.asarray(self.region_features[rid[m]], np.float32)
-            w = self.blend if self.dense is not None else 1.0
-            out[m] = w * rf + (1.0 - w) * out[m]
-            have |= m
-        norm = np.linalg.norm(out, axis=1, keepdims=True)
-        out = np.where(norm > 1e-8, out / np.maximum(norm, 1e-8), 0.0).astype(np.float32)
-        out[~have] = 0.0
+            m = np.flatnonzero(rid >= 0)
+            rf = np.asarray(self.region_features, np.float32)[rid[m]]
+            if self.dense is not None:  # blend in place: out = blend * region + (1 - blend) * dense
+                rf *= self.blend
+                rf += (1.0 - self.blend) * out[m]
+            out[m] = rf
+            have[m] = True
+        norm = np.linalg.norm(out, axis=1)
+        scale = np.where(have & (norm > 1e-8), 1.0 / np.maximum(norm, 1e-8), 0.0).astype(np.float32)
+        out *= scale[:, None]
         return out
 
 
 def _bilinear(grid: np.ndarray, pixels: np.ndarray, H: int, W: int) -> np.ndarray:
-    """Sample a (h, w, D) grid that spans an (H, W) image at pixel centres."""
+    """Sample a (h, w, D) grid that spans an (H, W) image at pixel centres (border-clamped).
+
+    torch's grid_sample does it multi-threaded without four (M, D) gather temporaries.
+    """
+    import torch
+
     h, w, _ = grid.shape
+    x = (pixels[:, 1].astype(np.float32) + 0.5) * (w / W) - 0.5  # grid cell-centre coordinates
     y = (pixels[:, 0].astype(np.float32) + 0.5) * (h / H) - 0.5
-    x = (pixels[:, 1].astype(np.float32) + 0.5) * (w / W) - 0.5
-    y = np.clip(y, 0, h - 1); x = np.clip(x, 0, w - 1)
-    y0 = np.floor(y).astype(np.int64); x0 = np.floor(x).astype(np.int64)
-    y1 = np.minimum(y0 + 1, h - 1); x1 = np.minimum(x0 + 1, w - 1)
-    fy = (y - y0)[:, None]; fx = (x - x0)[:, None]
-    g = grid
-    return ((1 - fy) * ((1 - fx) * g[y0, x0] + fx * g[y0, x1]) + fy * ((1 - fx) * g[y1, x0] + fx * g[y1, x1])).astype(np.float32)
+    pts = torch.from_numpy(np.stack([(2 * x + 1) / w - 1, (2 * y + 1) / h - 1], 1))[None, None]
+    g = torch.from_numpy(np.ascontiguousarray(grid, np.float32)).permute(2, 0, 1)[None]
+    out = torch.nn.functional.grid_sample(g, pts, mode="bilinear", padding_mode="border", align_corners=False)
+    return out[0, :, 0].T.contiguous().numpy()
 
 
 @dataclass

@@ -106,6 +106,8 @@ class FeatureFusion:
     then ``result``. With ``balance="none"`` pass 1 may be skipped.
     """
 
+    rows = 32768  # visible points sampled per step: caps the per-view temporaries at ~rows x D
+
     def __init__(self, num_points: int, dim: int, cfg: FusionConfig | None = None):
         self.cfg = cfg or FusionConfig()
         self.n, self.dim = int(num_points), int(dim)
@@ -139,10 +141,12 @@ class FeatureFusion:
             raise ValueError(f"view {vis.name}: feature dim {feats.dim} != {self.dim}")
         if len(vis.point_ids) == 0:
             return
-        f = feats.sample(vis.pixels)
-        w = self.balanced_weights(vis)
-        w = np.where(np.any(f != 0, axis=1), w, 0.0).astype(np.float32)  # no feature, no vote
-        native.fuse_accumulate(self.acc, self.wsum, self.count, vis.point_ids, f, w)
+        w_all = self.balanced_weights(vis)
+        for s in range(0, len(vis.point_ids), self.rows):  # bounded (rows, D) temporaries
+            e = s + self.rows
+            f = feats.sample(vis.pixels[s:e])
+            w = np.where(np.any(f != 0, axis=1), w_all[s:e], 0.0).astype(np.float32)  # no feature, no vote
+            native.fuse_accumulate(self.acc, self.wsum, self.count, vis.point_ids[s:e], f, w)
 
     def result(self, cloud: PointCloud, *, encoder: str = "", class_names=None, meta=None) -> FeatureCloud:
         # the norm of a weighted mean of unit features is 1 where every view agreed and falls as
@@ -179,6 +183,7 @@ def smooth_features(fc: FeatureCloud, strength: float = 0.5, k: int = 8, chunk: 
     """Blend each seen point's feature with the mean of its k nearest seen neighbours (in place).
 
     A cheap geometric prior (GeoPurify/GGSD-style): neighbouring surface points should agree.
+    Off by default; it holds one extra copy of the seen features (Jacobi update).
     Unseen points stay unseen.
     """
     from scipy.spatial import cKDTree
@@ -249,11 +254,12 @@ def geometric_segments(cloud: PointCloud, *, k: int = 10, threshold: float = 0.0
 
 
 def smooth_over_segments(fc: FeatureCloud, segments: np.ndarray, strength: float | np.ndarray = 0.5,
-                         chunk: int = 64) -> None:
+                         chunk: int = 64, rows: int = 65536) -> None:
     """Blend each seen point's feature with its segment's weighted mean feature (in place).
 
     A segment is one surface piece; its mean is a vote of every view that saw any part of it, so
     a 2D mask error that covers a minority of the piece is outvoted. Unseen points stay unseen.
+    Memory: the segment means (S, D) plus bounded chunks, never a second (N, D) array.
     """
     seen = fc.seen & (segments >= 0)
     idx = np.flatnonzero(seen)
@@ -262,14 +268,17 @@ def smooth_over_segments(fc: FeatureCloud, segments: np.ndarray, strength: float
     seg = segments[idx]
     n_seg = int(seg.max()) + 1
     w = fc.weight[idx].astype(np.float64)
-    s = np.broadcast_to(np.asarray(strength, np.float32), (len(fc.weight),))[idx][:, None]
-    wsum = np.bincount(seg, weights=w, minlength=n_seg)
+    wsum = np.maximum(np.bincount(seg, weights=w, minlength=n_seg), 1e-12)
     D = fc.features.shape[1]
-    mixed = np.empty((len(idx), D), np.float32)
+    means = np.empty((n_seg, D), np.float32)
     for c in range(0, D, chunk):  # column chunks keep the temporaries small
         f = fc.features[idx, c:c + chunk].astype(np.float32)
-        means = np.stack([np.bincount(seg, weights=w * f[:, j], minlength=n_seg) for j in range(f.shape[1])], 1)
-        means /= np.maximum(wsum, 1e-12)[:, None]
-        mixed[:, c:c + chunk] = (1 - s) * f + s * means[seg]
-    mixed /= np.maximum(np.linalg.norm(mixed, axis=1, keepdims=True), 1e-8)
-    fc.features[idx] = mixed.astype(np.float16)
+        for j in range(f.shape[1]):
+            means[:, c + j] = np.bincount(seg, weights=w * f[:, j], minlength=n_seg) / wsum
+    strength = np.broadcast_to(np.asarray(strength, np.float32), (len(fc.weight),))
+    for r in range(0, len(idx), rows):
+        sel = idx[r:r + rows]
+        s = strength[sel][:, None]
+        mixed = (1 - s) * fc.features[sel].astype(np.float32) + s * means[seg[r:r + rows]]
+        mixed /= np.maximum(np.linalg.norm(mixed, axis=1, keepdims=True), 1e-8)
+        fc.features[sel] = mixed.astype(np.float16)

@@ -5,6 +5,9 @@
 
 #include <cmath>
 #include <algorithm>
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
 #include <cstring>
 #include <vector>
 
@@ -55,6 +58,35 @@ inline uint16_t float_to_half(float f) {  // round to nearest even, saturating t
   return sign | uint16_t(r);
 }
 
+// One row's running-mean update a += t * (f - a) on fp16 storage.
+inline void update_row_scalar(uint16_t* a, const float* f, float t, int64_t d) {
+  for (int64_t j = 0; j < d; ++j) {
+    const float cur = half_to_float(a[j]);
+    a[j] = float_to_half(cur + t * (f[j] - cur));
+  }
+}
+
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+#define PCOV_F16C 1
+// The same with the F16C/AVX conversion instructions (8 lanes), chosen at run time so the
+// build needs no -march flag and still runs on CPUs without them.
+__attribute__((target("avx,f16c"))) void update_row_f16c(uint16_t* a, const float* f, float t, int64_t d) {
+  const __m256 tv = _mm256_set1_ps(t);
+  int64_t j = 0;
+  for (; j + 8 <= d; j += 8) {
+    const __m256 cur = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a + j)));
+    const __m256 nv = _mm256_add_ps(cur, _mm256_mul_ps(tv, _mm256_sub_ps(_mm256_loadu_ps(f + j), cur)));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(a + j), _mm256_cvtps_ph(nv, _MM_FROUND_TO_NEAREST_INT));
+  }
+  update_row_scalar(a + j, f + j, t, d - j);
+}
+
+bool cpu_has_f16c() {
+  static const bool yes = __builtin_cpu_supports("avx") && __builtin_cpu_supports("f16c");
+  return yes;
+}
+#endif
+
 void accumulate(Array<uint16_t, nb::ndim<2>> acc, Array<float, nb::ndim<1>> wsum,
                 Array<uint16_t, nb::ndim<1>> count, In<int64_t, nb::ndim<1>> ids,
                 In<float, nb::ndim<2>> feats, In<float, nb::ndim<1>> weights) {
@@ -71,6 +103,9 @@ void accumulate(Array<uint16_t, nb::ndim<2>> acc, Array<float, nb::ndim<1>> wsum
   const float* w = weights.data();
   for (int64_t k = 0; k < m; ++k)
     if (I[k] < 0 || I[k] >= n) throw std::out_of_range("point id out of range");
+#ifdef PCOV_F16C
+  const bool f16c = cpu_has_f16c();
+#endif
   nb::gil_scoped_release release;
 #pragma omp parallel for schedule(static)
   for (int64_t k = 0; k < m; ++k) {
@@ -80,10 +115,12 @@ void accumulate(Array<uint16_t, nb::ndim<2>> acc, Array<float, nb::ndim<1>> wsum
     const float* f = F + k * d;
     uint16_t* a = A + i * d;
     const float total = W[i] + wk, t = wk / total;
-    for (int64_t j = 0; j < d; ++j) {
-      const float cur = half_to_float(a[j]);
-      a[j] = float_to_half(cur + t * (f[j] - cur));
-    }
+#ifdef PCOV_F16C
+    if (f16c) update_row_f16c(a, f, t, d);
+    else update_row_scalar(a, f, t, d);
+#else
+    update_row_scalar(a, f, t, d);
+#endif
     W[i] = total;
     if (C[i] < 65535) C[i] += 1;
   }
