@@ -136,3 +136,14 @@ def count_summary(values: np.ndarray) -> dict[str, int]:
         return {}
     u, c = np.unique(v, return_counts=True)
     return {str(int(a)): int(b) for a, b in zip(u, c)}
+
+
+def output_fields(cloud: PointCloud, labels=None, scores=None, extra=None, *, label_name: str = "label") -> dict:
+    """The per-point fields a writer stores: the cloud's own, then labels/scores/extra on top."""
+    fields = dict(cloud.fields)
+    if labels is not None:
+        fields[label_name] = np.asarray(labels)
+    if scores is not None:
+        fields["score"] = np.asarray(scores, np.float32)
+    fields.update(extra or {})
+    return fields

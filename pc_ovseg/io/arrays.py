@@ -16,7 +16,7 @@ import numpy as np
 
 from ..data import PointCloud
 from ..errors import InputError
-from ._common import check_file, make_cloud, register
+from ._common import check_file, make_cloud, output_fields, register
 
 _LETTERS = {"x": "x", "y": "y", "z": "z", "i": "intensity", "r": "red", "g": "green", "b": "blue",
             "l": "label", "_": "_"}
@@ -173,12 +173,7 @@ def write_npz(path, cloud: PointCloud, *, labels=None, scores=None, colors=None,
         arrays["rgb"] = rgb
     if cloud.normals is not None:
         arrays["normals"] = cloud.normals
-    fields = dict(cloud.fields)
-    if labels is not None:
-        fields["label"] = np.asarray(labels)
-    if scores is not None:
-        fields["score"] = np.asarray(scores, np.float32)
-    fields.update(extra or {})
+    fields = output_fields(cloud, labels, scores, extra)
     for k, v in fields.items():
         v = np.asarray(v)
         if len(v) != len(cloud):

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..data import PointCloud
 from ..errors import InputError
-from ._common import ORIGIN_THRESHOLD, check_file, choose_origin, exc_text, make_cloud, register
+from ._common import ORIGIN_THRESHOLD, check_file, choose_origin, exc_text, make_cloud, output_fields, register
 
 _SKIP = {"X", "Y", "Z", "red", "green", "blue"}
 
@@ -81,12 +81,7 @@ def write_las(path, cloud: PointCloud, *, labels=None, scores=None, colors=None,
     header.offsets = offsets
     header.scales = scales
     las = laspy.LasData(header)
-    fields = dict(cloud.fields)
-    if labels is not None:
-        fields["classification"] = np.asarray(labels)
-    if scores is not None:
-        fields["score"] = np.asarray(scores, np.float32)
-    fields.update(extra or {})
+    fields = output_fields(cloud, labels, scores, extra, label_name="classification")
     # integers from the local values: with offset == origin the origin never enters the sum
     ints = np.round((cloud.xyz.astype(np.float64) + (cloud.origin - offsets)) / scales)
     if len(ints) and np.abs(ints).max() >= 2 ** 31:

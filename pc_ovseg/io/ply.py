@@ -14,7 +14,7 @@ import numpy as np
 
 from ..data import Mesh, PointCloud
 from ..errors import InputError
-from ._common import check_file, exc_text, make_cloud, read_bytes, register
+from ._common import check_file, exc_text, make_cloud, output_fields, read_bytes, register
 
 PLY_TYPES = {
     "char": "i1", "int8": "i1", "uchar": "u1", "uint8": "u1", "short": "i2", "int16": "i2",
@@ -337,12 +337,7 @@ def write_ply(path, cloud: PointCloud | Mesh, *, labels=None, scores=None, color
     rgb = cloud.rgb if colors is None else PointCloud(cloud.xyz, colors).rgb
     if rgb is not None:
         cols += [(a, rgb[:, i], "u1") for i, a in enumerate(("red", "green", "blue"))]
-    fields = dict(cloud.fields)
-    if labels is not None:
-        fields["label"] = np.asarray(labels)
-    if scores is not None:
-        fields["score"] = np.asarray(scores, np.float32)
-    fields.update(extra or {})
+    fields = output_fields(cloud, labels, scores, extra)
     reserved = {c[0] for c in cols}
     for name, a in fields.items():
         a = np.asarray(a)
