@@ -266,7 +266,7 @@ def cmd_query(args) -> int:
     return 0
 
 
-def _object_labels(n: int, objs) -> "np.ndarray":
+def _object_labels(n: int, objs):
     import numpy as np
     lab = np.full(n, -1, np.int32)
     for k, o in enumerate(objs):

@@ -21,7 +21,7 @@ from typing import Callable
 
 import numpy as np
 
-from .data import Camera, FeatureCloud, FrameSequence, Mesh, PointCloud, View, ViewFeatures
+from .data import Camera, FeatureCloud, FrameSequence, Mesh, PointCloud, View
 from .errors import InputError
 from .encoders import load_view_features, save_view_features
 from .fusion import FeatureFusion, FusionConfig, Visibility, view_visibility

@@ -99,7 +99,7 @@ def main() -> None:
 
     t_full = timeit(native_full, args.reps)
     t_plain = timeit(native_plain, args.reps)
-    xt, Kt, w2c = torch.from_numpy(xyz), cam.K, np.linalg.inv(cam.cam_to_world)
+    xt = torch.from_numpy(xyz)
     t_torch = timeit(lambda: reference.splat_points(xt, cam), args.reps)
     t_view = timeit(lambda: render_view(cloud, cam), max(3, args.reps // 2))
     d_full, _, _ = native_full()

@@ -19,7 +19,7 @@ RNG = np.random.default_rng(0)
 # --- PLY -----------------------------------------------------------------------------------------
 
 def _ply(path, fmt, xyz, rgb, quality, faces):
-    head = [f"ply", f"format {fmt} 1.0", "comment test", f"element vertex {len(xyz)}",
+    head = ["ply", f"format {fmt} 1.0", "comment test", f"element vertex {len(xyz)}",
             "property float x", "property float y", "property float z",
             "property uchar red", "property uchar green", "property uchar blue", "property double quality",
             f"element face {len(faces)}", "property list uchar int vertex_indices", "end_header"]

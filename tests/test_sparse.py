@@ -1,7 +1,6 @@
 """Exactness of the sparse convolutions against dense torch conv3d / conv_transpose3d."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from pc_ovseg.cli import main
-from pc_ovseg.data import Mesh, PointCloud
-from pc_ovseg.io import read, read_cloud
+from pc_ovseg.data import Mesh
+from pc_ovseg.io import read_cloud
 from pc_ovseg.views import attribute_map, coverage, detect_kind, make_camera, plan_cameras, render_view
 
 LAS = ["sample_c.las", "warsaw_small.las", "mvk-thin.las", "autzen_trim.las"]
