@@ -7,11 +7,36 @@ and querying then run unchanged.
 """
 from __future__ import annotations
 
+import os
 from typing import Iterable
 
 import numpy as np
 
 from .data import FeatureCloud, PointCloud, View
+
+
+def load_gt(cloud: PointCloud, gt: str, class_names: list[str], *, divide: int = 1) -> np.ndarray:
+    """Per-point GT ids for the oracle: ``gt`` names a field of ``cloud`` or a label file.
+
+    Ids outside ``class_names``, ids named "ignore" and points with non-finite coordinates (the
+    no-depth pixels of organised clouds) become -1.
+    """
+    from . import io
+    from .errors import InputError
+
+    if gt in cloud.fields:
+        lab = np.asarray(cloud.fields[gt]).reshape(-1).astype(np.int64)
+    elif os.path.isfile(gt):
+        lab = io.read_labels(gt).reshape(-1).astype(np.int64)
+    else:
+        raise InputError(cloud.source, f"has no per-point field {gt!r} and no label file {gt!r} exists "
+                                       f"(fields: {', '.join(cloud.fields) or 'none'})")
+    if len(lab) != len(cloud):
+        raise InputError(gt, f"{len(lab)} labels for {len(cloud)} points")
+    lab = lab // divide
+    valid = np.isfinite(cloud.xyz).all(1) & (lab >= 0) & (lab < len(class_names))
+    valid &= ~np.isin(lab, [i for i, n in enumerate(class_names) if n == "ignore"])
+    return np.where(valid, lab, -1)
 
 
 def gt_label_map(view: View, labels: np.ndarray, num_classes: int) -> np.ndarray:

@@ -7,8 +7,7 @@
 Every input is a cloud carrying the per-point label field named by --gt (``label`` in a PLY,
 ``classification`` in a LAS file); --classes is a label-set name or comma-separated names by id,
 as in scripts/bench_oracle.py. The train inputs are fused with pc_ovseg.oracle.oracle_fuse
-(one-hot label maps of rendered views: points no view sees stay unseen); if that module is not
-available the targets fall back to one-hot GT on every point (reported as ``"targets"``). The
+(one-hot label maps of rendered views: points no view sees stay unseen). The
 student trains on the CPU for at most M minutes, predicts the test input with no images, and the
 JSON reports ``miou`` on the test input, ``miou_train_unseen`` on the train points no view saw,
 ``seconds``, and the settings.
@@ -45,18 +44,6 @@ def split_scan(scan: str, labels: str, parts: int, out_dir: str) -> list[str]:
     return paths
 
 
-def _labels(cloud, field: str) -> np.ndarray:
-    from pc_ovseg.errors import InputError
-    if field not in cloud.fields:
-        raise InputError(cloud.source, f"has no per-point field {field!r} (fields: {', '.join(cloud.fields) or 'none'})")
-    return np.asarray(cloud.fields[field]).reshape(-1).astype(np.int64)
-
-
-def _valid(cloud, gt: np.ndarray, names: list[str]) -> np.ndarray:
-    v = np.isfinite(cloud.xyz).all(1) & (gt >= 0) & (gt < len(names))
-    return v & ~np.isin(gt, [i for i, n in enumerate(names) if n == "ignore"])
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("train", nargs="*", help="training clouds with a label field")
@@ -87,9 +74,9 @@ def main(argv=None) -> int:
     from pc_ovseg import io
     from pc_ovseg.backbone.predict import predict
     from pc_ovseg.backbone.train import distill
-    from pc_ovseg.data import FeatureCloud
     from pc_ovseg.errors import PcOvsegError
     from pc_ovseg.eval import evaluate, parse_classes
+    from pc_ovseg.oracle import load_gt, oracle_fuse
     from pc_ovseg.query import QueryEngine
 
     if args.split:
@@ -101,24 +88,11 @@ def main(argv=None) -> int:
     t0 = time.time()
     try:
         names = list(parse_classes(args.classes).class_names)
-        try:
-            from pc_ovseg.oracle import oracle_fuse
-            targets = "oracle-fused"
-        except ImportError:
-            oracle_fuse, targets = None, "gt-onehot"
         fused, train_gt = [], []
         for path in args.train:
             cloud = io.read_cloud(path)
-            gt = _labels(cloud, args.gt)
-            gt_eval = np.where(_valid(cloud, gt, names), gt, -1)
-            if oracle_fuse is not None:
-                fc = oracle_fuse(cloud, gt_eval, names, max_views=args.max_views)
-            else:
-                seen = gt_eval >= 0
-                feats = np.zeros((len(cloud), len(names)), np.float16)
-                feats[np.flatnonzero(seen), gt_eval[seen]] = 1
-                fc = FeatureCloud(cloud, feats, seen.astype(np.float32), seen.astype(np.uint16),
-                                  "labels:" + ",".join(names), names)
+            gt_eval = load_gt(cloud, args.gt, names)
+            fc = oracle_fuse(cloud, gt_eval, names, max_views=args.max_views)
             fused.append(fc)
             train_gt.append(gt_eval)
         t_fuse = time.time() - t0
@@ -133,8 +107,7 @@ def main(argv=None) -> int:
                     model_overrides=overrides, progress=False)
 
         test = io.read_cloud(args.test)
-        gt_test = _labels(test, args.gt)
-        gt_test = np.where(_valid(test, gt_test, names), gt_test, -1)
+        gt_test = load_gt(test, args.gt, names)
         pred = QueryEngine(predict(ck, test, tta=args.tta, device="cpu")).labels(names).labels
         res = evaluate(pred, gt_test, names, ignore_label=-1)
 
@@ -154,7 +127,7 @@ def main(argv=None) -> int:
     out = {"miou": res.miou, "macc": res.macc,
            "miou_train_unseen": None if res_un is None else res_un.miou,
            "train_unseen_points": int(sum(len(g) for g in un_gt)), "train_seen_points": seen_count,
-           "targets": targets, "test": args.test, "train": args.train, "test_points": len(test),
+           "targets": "oracle-fused", "test": args.test, "train": args.train, "test_points": len(test),
            "epochs": r.epochs, "steps": r.steps, "final_loss": r.last_loss, "train_seconds": round(r.seconds, 1),
            "fuse_seconds": round(t_fuse, 1), "voxel_size": args.voxel_size, "arch": args.arch,
            "planes": args.planes, "tta": args.tta, "seconds": round(time.time() - t0, 1)}

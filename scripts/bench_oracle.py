@@ -16,7 +16,6 @@ import os
 import sys
 import time
 
-import numpy as np
 
 
 def main(argv=None) -> int:
@@ -44,35 +43,19 @@ def main(argv=None) -> int:
     from pc_ovseg.errors import PcOvsegError
     from pc_ovseg.eval import evaluate, parse_classes
     from pc_ovseg.fusion import FusionConfig
-    from pc_ovseg.oracle import oracle_fuse
+    from pc_ovseg.oracle import load_gt, oracle_fuse
     from pc_ovseg.query import QueryEngine
 
     t0 = time.time()
     try:
         cloud = io.read_cloud(args.input, layout=args.layout)
-        if args.gt in cloud.fields:
-            gt = np.asarray(cloud.fields[args.gt]).reshape(-1).astype(np.int64)
-        else:
-            gt = io.read_labels(args.gt).reshape(-1).astype(np.int64)
-        if len(gt) != len(cloud):
-            raise PcOvsegError(f"{args.gt}: {len(gt)} labels for {len(cloud)} points")
         names = list(parse_classes(args.classes).class_names)
-        gt = gt // args.gt_divide
-        valid = np.isfinite(cloud.xyz).all(1) & (gt >= 0) & (gt < len(names))
-        valid &= ~np.isin(gt, [i for i, n in enumerate(names) if n == "ignore"])
-        gt_eval = np.where(valid, gt, -1)
+        gt_eval = load_gt(cloud, args.gt, names, divide=args.gt_divide)
+        valid = gt_eval >= 0
         frames = io.read_frames(args.frames) if args.frames else None
-        cfg = FusionConfig()
-        if args.segments is not None:
-            cfg.segments = args.segments
-        if args.segments_disagree is not None:
-            cfg.segments_disagree = args.segments_disagree
-        if args.segments_sparse is not None:
-            cfg.segments_sparse = args.segments_sparse
-        if args.balance_power is not None:
-            cfg.balance_power = args.balance_power
-        if args.not_drawn is not None:
-            cfg.not_drawn = args.not_drawn
+        knobs = {k: getattr(args, k) for k in ("segments", "segments_disagree", "segments_sparse",
+                                               "balance_power", "not_drawn")}
+        cfg = FusionConfig(**{k: v for k, v in knobs.items() if v is not None})
         fc = oracle_fuse(cloud, gt_eval, names, frames=frames, noise=args.noise, max_views=args.max_views,
                          seed=args.seed, fusion_cfg=cfg)
         pred = QueryEngine(fc).labels(names).labels
