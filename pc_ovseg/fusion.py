@@ -33,9 +33,9 @@ class FusionConfig:
     balance: str = "granularity"  # "granularity" (sample-balanced) or "none" (plain weighted mean)
     balance_power: float = 0.5    # 1 = each granularity gets equal say; 0 = plain mean; between,
                                   # a granularity's say grows with the square root of its evidence
-    segments: float = 0.3         # blend with the mean over geometric segments (0 = off) ...
-    segments_disagree: float = 1.5  # ... plus this much more where the views disagree (see result)
-    segments_sparse: float = 0.0  # ... plus this / (views that saw the point); see docs/fusion.md
+    segments: float = 0.5         # pool evidence over geometric segments: the segment's mean
+                                  # evidence counts this much next to the point's own (0 = off)
+    evidence_cap: float = 10.0    # a point's evidence: views that saw it (up to this) x agreement
     smoothing: float = 0.0        # 0 = off; else blend with the kNN mean of fused features
     smoothing_k: int = 8
 
@@ -150,7 +150,7 @@ class FeatureFusion:
 
     def result(self, cloud: PointCloud, *, encoder: str = "", class_names=None, meta=None) -> FeatureCloud:
         # the norm of a weighted mean of unit features is 1 where every view agreed and falls as
-        # they disagree: points the views argue about lean more on their segment
+        # they disagree: points the views argue about lean more on their segment (see below)
         agreement = native.normalize_rows_half(self.acc)
         weight = self.wsum.copy()
         if self.cfg.balance != "none" and self.totals.shape[1]:
@@ -158,10 +158,8 @@ class FeatureFusion:
         fc = FeatureCloud(cloud, self.acc, weight.astype(np.float32), self.count, encoder, class_names,
                           dict(meta or {}, fusion=vars(self.cfg).copy()))
         if self.cfg.segments > 0:
-            strength = (self.cfg.segments + self.cfg.segments_disagree * (1.0 - agreement)
-                        + self.cfg.segments_sparse / np.maximum(self.count, 1))
-            strength = np.clip(strength, 0.0, 0.95)
-            smooth_over_segments(fc, geometric_segments(cloud), strength)
+            evidence = np.minimum(self.count, self.cfg.evidence_cap).astype(np.float32) * agreement
+            pool_over_segments(fc, geometric_segments(cloud), evidence, self.cfg.segments)
         if self.cfg.smoothing > 0:
             smooth_features(fc, self.cfg.smoothing, self.cfg.smoothing_k)
         return fc
@@ -253,32 +251,34 @@ def geometric_segments(cloud: PointCloud, *, k: int = 10, threshold: float = 0.0
     return seg
 
 
-def smooth_over_segments(fc: FeatureCloud, segments: np.ndarray, strength: float | np.ndarray = 0.5,
-                         chunk: int = 64, rows: int = 65536) -> None:
-    """Blend each seen point's feature with its segment's weighted mean feature (in place).
+def pool_over_segments(fc: FeatureCloud, segments: np.ndarray, evidence: np.ndarray, strength: float = 0.5,
+                       chunk: int = 64, rows: int = 65536) -> None:
+    """Add to each seen point's evidence its segment's mean evidence times ``strength`` (in place).
 
-    A segment is one surface piece; its mean is a vote of every view that saw any part of it, so
-    a 2D mask error that covers a minority of the piece is outvoted. Unseen points stay unseen.
+    A point's evidence is its fused feature scaled by how much the views back it: how many saw it
+    (capped) times their agreement (the norm of the weighted mean of unit features: 1 where all
+    views agree). A point few views saw, or one they argue about, takes its segment's answer; a
+    point many views agree on keeps its own even when its segment says otherwise (a wire in
+    front of a wall, an object the geometry did not separate). Unseen points stay unseen.
     Memory: the segment means (S, D) plus bounded chunks, never a second (N, D) array.
     """
     seen = fc.seen & (segments >= 0)
     idx = np.flatnonzero(seen)
-    if len(idx) == 0:
+    if len(idx) == 0 or strength <= 0:
         return
     seg = segments[idx]
     n_seg = int(seg.max()) + 1
-    w = fc.weight[idx].astype(np.float64)
-    wsum = np.maximum(np.bincount(seg, weights=w, minlength=n_seg), 1e-12)
+    ev = np.asarray(evidence, np.float64)[idx]
+    size = np.maximum(np.bincount(seg, minlength=n_seg), 1).astype(np.float64)
     D = fc.features.shape[1]
     means = np.empty((n_seg, D), np.float32)
     for c in range(0, D, chunk):  # column chunks keep the temporaries small
         f = fc.features[idx, c:c + chunk].astype(np.float32)
         for j in range(f.shape[1]):
-            means[:, c + j] = np.bincount(seg, weights=w * f[:, j], minlength=n_seg) / wsum
-    strength = np.broadcast_to(np.asarray(strength, np.float32), (len(fc.weight),))
+            means[:, c + j] = np.bincount(seg, weights=ev * f[:, j], minlength=n_seg) / size
     for r in range(0, len(idx), rows):
         sel = idx[r:r + rows]
-        s = strength[sel][:, None]
-        mixed = (1 - s) * fc.features[sel].astype(np.float32) + s * means[seg[r:r + rows]]
+        own = np.asarray(evidence, np.float32)[sel][:, None] * fc.features[sel].astype(np.float32)
+        mixed = own + strength * means[seg[r:r + rows]]
         mixed /= np.maximum(np.linalg.norm(mixed, axis=1, keepdims=True), 1e-8)
         fc.features[sel] = mixed.astype(np.float16)

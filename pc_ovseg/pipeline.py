@@ -51,9 +51,11 @@ class Scene:
 
 def view_jobs(source: FrameSequence | Mesh | PointCloud, cloud: PointCloud, *, max_views: int | None = None,
               kind: str = "auto", width: int = 640, height: int = 480, stride: int | None = None,
-              intrinsics: np.ndarray | None = None) -> list[ViewJob]:
-    """The views that will see ``cloud``: selected frames, the organised cloud's own camera, or
-    planned virtual cameras over a bare cloud or mesh."""
+              intrinsics: np.ndarray | None = None, min_views: int | None = None,
+              zoom: int = 2) -> list[ViewJob]:
+    """The views that will see ``cloud``: selected frames, the organised cloud's own camera (plus
+    its overlapping crops enlarged ``zoom`` times: a single frame needs them for a second opinion;
+    zoom=1 turns them off), or planned virtual cameras over a bare cloud or mesh."""
     from . import views
 
     if isinstance(source, FrameSequence):
@@ -61,8 +63,11 @@ def view_jobs(source: FrameSequence | Mesh | PointCloud, cloud: PointCloud, *, m
         return [ViewJob(_safe(source.names[i]), _frame_job(source, cloud, i)) for i in idx]
     if isinstance(source, PointCloud) and source.grid_shape is not None:
         K = KINECT_K if intrinsics is None else np.asarray(intrinsics)
-        return [ViewJob("organized", lambda: views.organized_view(source, K))]
-    cams = views.plan_cameras(source, kind=kind, max_views=max_views, width=width, height=height)
+        base = ViewJob("organized", lambda: views.organized_view(source, K))
+        wins = views.zoom_windows(source.grid_shape[0], source.grid_shape[1], zoom)
+        return [base] + [ViewJob(f"organized_z{zoom}_{win[0]}_{win[1]}", _zoom_job(base, win, zoom)) for win in wins]
+    plan_kw = {} if min_views is None else {"min_views": min_views}
+    cams = views.plan_cameras(source, kind=kind, max_views=max_views, width=width, height=height, **plan_kw)
     return [ViewJob(f"view{i:04d}_{g}", _render_job(source, cam, g)) for i, (cam, g) in enumerate(cams)]
 
 
@@ -85,6 +90,11 @@ def load_scene(path: str, *, cloud_path: str | None = None, layout: str | None =
 def _frame_job(frames: FrameSequence, cloud: PointCloud, i: int) -> Callable[[], View]:
     from . import views
     return lambda: next(iter(views.frame_views(frames.subset([i]), cloud, progress=False)))
+
+
+def _zoom_job(base: ViewJob, win: tuple[int, int, int, int], zoom: int) -> Callable[[], View]:
+    from . import views
+    return lambda: views.zoom_view(base.make(), *win, zoom)
 
 
 def _render_job(geom, cam: Camera, granularity: str) -> Callable[[], View]:

@@ -29,9 +29,10 @@ def main(argv=None) -> int:
     ap.add_argument("--layout", help="raw .bin/.npy layout, e.g. xyzrgb")
     ap.add_argument("--gt-divide", type=int, default=1, help="use label // K (mOSD: 10 merges object parts)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--segments", type=float, default=None, help="fusion: blend with segment means (0 = off)")
-    ap.add_argument("--segments-disagree", type=float, default=None, help="fusion: extra segment pull where views disagree")
-    ap.add_argument("--segments-sparse", type=float, default=None, help="fusion: extra segment pull for few-view points")
+    ap.add_argument("--min-views", type=int, default=None, help="planner: views wanted per point (rendered views)")
+    ap.add_argument("--zoom", type=int, default=None, help="organised clouds: crops enlarged this much (1 = off)")
+    ap.add_argument("--segments", type=float, default=None, help="fusion: weight of the segment's evidence (0 = off)")
+    ap.add_argument("--evidence-cap", type=float, default=None, help="fusion: views counted as evidence, at most")
     ap.add_argument("--balance-power", type=float, default=None, help="fusion: 1 = granularities equal, 0 = plain mean")
     ap.add_argument("--not-drawn", type=float, default=None, help="fusion: weight where another point is drawn")
     ap.add_argument("--json", action="store_true")
@@ -53,11 +54,11 @@ def main(argv=None) -> int:
         gt_eval = load_gt(cloud, args.gt, names, divide=args.gt_divide)
         valid = gt_eval >= 0
         frames = io.read_frames(args.frames) if args.frames else None
-        knobs = {k: getattr(args, k) for k in ("segments", "segments_disagree", "segments_sparse",
-                                               "balance_power", "not_drawn")}
+        knobs = {k: getattr(args, k) for k in ("segments", "evidence_cap", "balance_power", "not_drawn")}
         cfg = FusionConfig(**{k: v for k, v in knobs.items() if v is not None})
+        view_kw = {k: getattr(args, k) for k in ("min_views", "zoom") if getattr(args, k) is not None}
         fc = oracle_fuse(cloud, gt_eval, names, frames=frames, noise=args.noise, max_views=args.max_views,
-                         seed=args.seed, fusion_cfg=cfg)
+                         seed=args.seed, fusion_cfg=cfg, **view_kw)
         pred = QueryEngine(fc).labels(names).labels
         res = evaluate(pred, gt_eval, names, ignore_label=-1)
     except PcOvsegError as err:

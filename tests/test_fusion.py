@@ -4,7 +4,7 @@ import pytest
 
 from pc_ovseg import native
 from pc_ovseg.data import Camera, PointCloud, View, ViewFeatures
-from pc_ovseg.fusion import FeatureFusion, FusionConfig, Visibility, fuse, view_visibility
+from pc_ovseg.fusion import FeatureFusion, FusionConfig, Visibility, fuse, pool_over_segments, view_visibility
 
 
 def _vis(name, gran, ids, w, hw=(4, 4)):
@@ -107,3 +107,20 @@ def test_visibility_roundtrip(tmp_path):
 def test_fusion_memory_is_the_result():
     fusion = FeatureFusion(10_000, 512)
     assert fusion.acc.dtype == np.float16 and fusion.acc.nbytes == 10_000 * 512 * 2
+
+
+def test_segment_evidence_outvotes_weak_points_but_not_strong_ones():
+    from pc_ovseg.data import FeatureCloud
+    n = 12
+    feats = np.zeros((n, 3), np.float16)
+    feats[:, 0] = 1                  # one segment, class 0 ...
+    feats[3, :] = [0, 1, 0]          # ... a point one view called class 1
+    feats[7, :] = [0, 0, 1]          # ... a point many views agree is class 2
+    evidence = np.full(n, 4.0, np.float32)
+    evidence[3], evidence[7] = 1.0, 10.0
+    fc = FeatureCloud(PointCloud(np.zeros((n, 3), np.float32)), feats, np.ones(n, np.float32),
+                      np.ones(n, np.uint16))
+    pool_over_segments(fc, np.zeros(n, np.int64), evidence, 0.5)
+    lab = fc.features.astype(np.float32).argmax(1)
+    assert lab[3] == 0 and lab[7] == 2 and (lab[[0, 1, 2, 4, 5, 6, 8, 9, 10, 11]] == 0).all()
+    np.testing.assert_allclose(np.linalg.norm(fc.features.astype(np.float32), axis=1), 1, atol=1e-3)

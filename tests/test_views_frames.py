@@ -113,6 +113,29 @@ def test_organized_view_mosd(shared_data):
     np.testing.assert_allclose(v.depth[r, c], z, rtol=1e-5)
 
 
+def test_zoomed_crops_of_an_organised_frame(shared_data):
+    from pc_ovseg.views import zoom_views, zoom_windows
+    cloud = read_cloud(shared_data / "mosd" / "test2.pcd")
+    v = organized_view(cloud)
+    wins = zoom_windows(480, 640, 2)
+    assert len(wins) == 9 and wins[0] == (0, 0, 240, 320) and wins[-1] == (240, 320, 240, 320)
+    crops = zoom_views(v, 2)
+    inside = np.zeros(len(cloud), np.int32)
+    for (t, l, h, w), c in zip(wins, crops):
+        assert c.hw == (480, 640) and c.granularity == "close"
+        r, col = c.pixels[:, 0], c.pixels[:, 1]
+        np.testing.assert_array_equal(c.index[r, col], c.point_ids)  # each point owns its 2x2 block
+        np.testing.assert_array_equal(c.index[::2, ::2], v.index[t:t + h, l:l + w])
+        # the crop's camera projects every point onto its enlarged pixel
+        uv, _ = c.camera.project(cloud.xyz[c.point_ids])
+        assert np.median(np.abs(uv[:, 0] - col)) < 1.0 and np.median(np.abs(uv[:, 1] - r)) < 1.0
+        inside[c.point_ids] += 1
+    # every point is in a crop; away from the border in four of them (half-window strides)
+    assert (inside[v.point_ids] >= 1).all()
+    interior = v.index[120:360, 160:480]
+    assert (inside[interior[interior >= 0]] == 4).all()
+
+
 def test_inputs_that_cannot_make_views(shared_data):
     from pc_ovseg.errors import InputError
     frames = read_frames(shared_data / "scannet-scene0000" / "scene.json")

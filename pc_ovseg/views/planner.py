@@ -1,7 +1,8 @@
 """Camera planning for bare clouds and meshes: cameras that together see (almost) every point.
 
 A planner per scene kind proposes cameras at several granularities (whole scene, mid, close);
-the proposals are ordered greedily by how many unseen points each adds, and then a repair loop
+the proposals are ordered greedily by how many points each brings closer to a few observations
+(coverage first, then the redundancy fusion needs to outvote 2D errors), and then a repair loop
 adds close-up cameras aimed at the largest remaining cluster of unseen points (looking along its
 normal, with a near plane that cuts away what is in front) until the coverage target is met.
 Coverage is always measured with the renderer's depth test, never assumed.
@@ -22,6 +23,7 @@ PLANNERS: dict[str, Callable] = {}
 TARGET_COVERAGE = 0.995   # default goal: the done-when bar is 0.99, keep a margin
 MAX_REPAIR_VIEWS = 80
 MIN_CLOSER_VIEWS = 4
+MIN_VIEWS_PER_POINT = 8   # views wanted per point: fusion outvotes wrong 2D masks by numbers (docs/fusion.md)
 
 
 def planner(name: str):
@@ -231,14 +233,15 @@ def plan_street(f: _Frame, w: int, h: int) -> list[tuple[Camera, str]]:
     if len(near_pts) > 10:
         _, vec = np.linalg.eigh(np.cov(near_pts.T))
         axis = vec[:, -1]
-    for t in (-25.0, 25.0):
+    for k, t in enumerate((-30.0, -20.0, -10.0, 10.0, 20.0, 30.0)):
         eye = s.copy(); eye[:2] += t * axis
         eye[2] = ground + 1.8
-        for a in np.radians(np.arange(0, 360, 90)):
+        for a in np.radians(np.arange(0, 360, 90) + 45.0 * (k % 2)):
             target = eye + np.array([np.cos(a), np.sin(a), -0.18])
             cams.append((_cam(eye, target, w, h, 80.0, near=0.5), "close"))
     center = np.array([s[0], s[1], ground])
     cams += [(cam, "scene") for cam in _obliques(center, f.ext[:2] / 3, ground + 5, w, h, 70.0, pitch_deg=35)]
+    cams += [(cam, "mid") for cam in _obliques(center, f.ext[:2] / 6, ground + 3, w, h, 70.0, pitch_deg=25)]
     cams.append((_nadir(s[:2], f.ext[:2] / 2, f.hi[2], w, h, 60.0), "scene"))
     return cams
 
@@ -332,10 +335,15 @@ def _repair(scene, f: _Frame, kind: str, seen: np.ndarray, target: float, budget
 
 
 def plan_cameras(scene: PointCloud | Mesh, *, kind: str = "auto", max_views: int | None = None, width: int = 640,
-                 height: int = 480, target: float = TARGET_COVERAGE, progress: bool = True) -> list[tuple[Camera, str]]:
+                 height: int = 480, target: float = TARGET_COVERAGE, min_views: int = MIN_VIEWS_PER_POINT,
+                 progress: bool = True) -> list[tuple[Camera, str]]:
     """Cameras (with granularity "scene" | "mid" | "close") that together see >= ``target`` of the
     points. ``kind``: "indoor" | "aerial" | "street" | "object" | "auto" (see detect_kind).
-    Whole-scene views come first; the rest are ordered by how many unseen points each adds."""
+
+    Whole-scene views come first; the rest are ordered by how many points each brings closer to
+    ``min_views`` observations. One view per point is coverage; fusion needs a few per point to
+    outvote a wrong 2D mask (docs/fusion.md), so proposals that only add redundancy are kept too.
+    ``min_views=1`` plans for coverage alone (fewest views, fastest 2D stage)."""
     kind = detect_kind(scene) if kind == "auto" else kind
     if kind not in PLANNERS:
         raise ValueError(f"unknown scene kind {kind!r}; choose from {sorted(PLANNERS)} or 'auto'")
@@ -345,30 +353,35 @@ def plan_cameras(scene: PointCloud | Mesh, *, kind: str = "auto", max_views: int
     from .frames import _progress
     vis = [visible_points(scene, c) for c, _ in _progress(proposals, len(proposals), progress, f"plan ({kind})")]
     budget = max_views if max_views is not None else len(proposals) + MAX_REPAIR_VIEWS
-    seen = np.zeros(len(xyz), bool)
+    count = np.zeros(len(xyz), np.int32)
     chosen: list[tuple[Camera, str]] = []
     vis_cache: list[np.ndarray] = []
+
+    def take(i: int) -> None:
+        chosen.append(proposals[i]); vis_cache.append(vis[i]); count[vis[i]] += 1
+
     order = [i for i, (_, g) in enumerate(proposals) if g == "scene"]
     rest = [i for i, (_, g) in enumerate(proposals) if g != "scene"]
-    for i in order:
-        if len(chosen) >= budget:
-            break
-        chosen.append(proposals[i]); vis_cache.append(vis[i]); seen[vis[i]] = True
+    for i in order[:budget]:
+        take(i)
     min_gain = max(1, int(1e-4 * len(xyz)))
+    need = max(int(min_views), 1)
     while rest and len(chosen) < budget:
-        gains = [int((~seen[vis[i]]).sum()) for i in rest]
+        # a first observation counts most, then each one up to ``need``
+        gains = [int(((count[vis[i]] == 0) * need + (count[vis[i]] < need)).sum()) for i in rest]
         k = int(np.argmax(gains))
-        if gains[k] < min_gain:
+        if gains[k] < min_gain * need:
             break
-        i = rest.pop(k)
-        chosen.append(proposals[i]); vis_cache.append(vis[i]); seen[vis[i]] = True
+        take(rest.pop(k))
+    seen = count > 0
     # every plan has closer views too (2D models see small things better up close), even when
     # the whole-scene views already reach the target
     closer = [i for i in rest if len(vis[i])]
     closer.sort(key=lambda i: -len(vis[i]))
     while sum(g != "scene" for _, g in chosen) < MIN_CLOSER_VIEWS and closer and len(chosen) < budget:
         i = closer.pop(0)
-        chosen.append(proposals[i]); vis_cache.append(vis[i]); seen[vis[i]] = True
+        take(i)
+        seen[vis[i]] = True
     if seen.mean() < target and len(chosen) < budget and len(xyz):
         _repair(scene, f, kind, seen, target, budget, width, height, chosen, vis_cache)
     return chosen
