@@ -154,6 +154,11 @@ def _scene_args(p):
     p.add_argument("--layout", help="column layout of raw .bin/.npy input, e.g. xyzrgb")
     p.add_argument("--kind", default="auto", choices=["auto", "indoor", "aerial", "street", "object"],
                    help="camera plan for bare clouds and meshes")
+    p.add_argument("--min-views", type=int, default=None,
+                   help="views the camera plan aims for per point (default 8; fewer = faster 2D stage, "
+                        "less robust to 2D errors; 1 = coverage only)")
+    p.add_argument("--zoom", type=int, default=2,
+                   help="organised clouds (one frame): also use 3x3 overlapping crops enlarged this much (1 = off)")
     p.add_argument("--voxel-size", type=float, default=0.02, help="for RGB-D input: cloud voxel size (m)")
     p.add_argument("--no-progress", action="store_true")
     from .encoders import add_encoder_args
@@ -172,7 +177,7 @@ def _run_args(p):
 
 def _scene_kw(args) -> dict:
     return dict(max_views=args.max_views, cloud_path=args.cloud, layout=args.layout, kind=args.kind,
-                voxel_size=args.voxel_size, progress=not args.no_progress)
+                min_views=args.min_views, zoom=args.zoom, voxel_size=args.voxel_size, progress=not args.no_progress)
 
 
 @command("run", "views -> features -> fusion -> labels in one go (resumes if interrupted)")

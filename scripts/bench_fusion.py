@@ -33,7 +33,7 @@ def main() -> None:
     ap.add_argument("--points", type=int, default=2_000_000)
     ap.add_argument("--dim", type=int, default=512)
     ap.add_argument("--views", type=int, default=20)
-    ap.add_argument("--segments", type=float, default=0.3, help="FusionConfig.segments (0 = off)")
+    ap.add_argument("--segments", type=float, default=0.5, help="FusionConfig.segments (default 0.5; 0 = off)")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
 
