@@ -12,7 +12,7 @@ close-ups alone.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 
@@ -36,6 +36,12 @@ class FusionConfig:
     segments: float = 0.5         # pool evidence over geometric segments: the segment's mean
                                   # evidence counts this much next to the point's own (0 = off)
     evidence_cap: float = 10.0    # a point's evidence: views that saw it (up to this) x agreement
+    mask_check: float = 2.0       # 0 = off; else a 2D mask (connected blob of a view's regions)
+                                  # whose features the other views contradict loses its vote,
+                                  # softly from this many robust deviations below the typical mask
+    mask_sigma: float = 0.1       # smallest deviation (cosine): masks that all agree are all kept
+    mask_points: float = 10.0     # masks with less other evidence than this many points are
+                                  # judged leniently (score shrunk toward the median)
     smoothing: float = 0.0        # 0 = off; else blend with the kNN mean of fused features
     smoothing_k: int = 8
 
@@ -102,11 +108,14 @@ def view_visibility(view: View, cloud: PointCloud, cfg: FusionConfig | None = No
 class FeatureFusion:
     """Streaming, memory-bounded fusion of view features onto ``num_points`` points.
 
-    Call ``add_weights`` for every view first (pass 1), then ``add`` for every view (pass 2),
-    then ``result``. With ``balance="none"`` pass 1 may be skipped.
+    Call ``add_weights`` for every view first (pass 1), then ``fuse_views`` with a function that
+    yields every view's (Visibility, ViewFeatures) again on each call (passes 2-4: accumulate;
+    score each 2D mask against the other views; accumulate again without the masks they
+    contradict), then ``result``. With ``balance="none"`` pass 1 may be skipped.
     """
 
     rows = 32768  # visible points sampled per step: caps the per-view temporaries at ~rows x D
+    check_points = 64  # points per 2D mask that the mask check compares with the other views
 
     def __init__(self, num_points: int, dim: int, cfg: FusionConfig | None = None):
         self.cfg = cfg or FusionConfig()
@@ -116,6 +125,9 @@ class FeatureFusion:
         self.count = np.zeros(self.n, np.uint16)
         self.groups: dict[str, int] = {}
         self.totals = np.zeros((self.n, 0), np.float32)
+        self.support: np.ndarray | None = None      # sum of mask reliabilities, after the check
+        self._mask_scores: dict = {}  # view key -> (mask ids, mean score, evidence mass)
+        self._reliability: tuple[float, float] | None = None
 
     def _group(self, name: str) -> int:
         if name not in self.groups:
@@ -136,17 +148,126 @@ class FeatureFusion:
         tot = self.totals[vis.point_ids, g]
         return (vis.weights / np.maximum(tot, 1e-12) ** self.cfg.balance_power).astype(np.float32)
 
-    def add(self, vis: Visibility, feats: ViewFeatures) -> None:
+    def fuse_views(self, views: Callable[[], Iterable[tuple[Visibility, ViewFeatures]]]) -> None:
+        """Passes 2-4 over ``views()`` (called once per pass; views stream from memory or cache)."""
+        for vis, feats in views():
+            self.add(vis, feats)
+        if self.cfg.mask_check <= 0:
+            return
+        for k, (vis, feats) in enumerate(views()):  # views are known by their position
+            self.check(vis, feats, k)
+        if not self.reweigh():
+            return
+        for k, (vis, feats) in enumerate(views()):
+            self.add(vis, feats, k)
+
+    def add(self, vis: Visibility, feats: ViewFeatures, key=None) -> None:
+        """Accumulate one view (with its masks' reliabilities, by ``key``, once ``reweigh`` ran)."""
         if feats.dim != self.dim:
             raise ValueError(f"view {vis.name}: feature dim {feats.dim} != {self.dim}")
         if len(vis.point_ids) == 0:
             return
         w_all = self.balanced_weights(vis)
+        if self._reliability is not None:
+            rho = self._mask_reliability(vis, feats, key)
+            w_all = (w_all * rho).astype(np.float32)
+            np.add.at(self.support, vis.point_ids, rho)
         for s in range(0, len(vis.point_ids), self.rows):  # bounded (rows, D) temporaries
             e = s + self.rows
             f = feats.sample(vis.pixels[s:e])
             w = np.where(np.any(f != 0, axis=1), w_all[s:e], 0.0).astype(np.float32)  # no feature, no vote
             native.fuse_accumulate(self.acc, self.wsum, self.count, vis.point_ids[s:e], f, w)
+
+    def check(self, vis: Visibility, feats: ViewFeatures, key) -> None:
+        """Score each 2D mask of the view by how well the *other* views agree with it.
+
+        A 2D model errs per mask (a whole superpixel or SAM mask gets the wrong class), so the
+        unit of trust is the mask: its points' features are compared (cosine) with the
+        leave-this-view-out fused mean, weighted by how much other evidence each point has.
+        Points only this view saw carry no weight; masks without any are left alone.
+        """
+        units = mask_units(feats)
+        if units is None or len(vis.point_ids) == 0:
+            return
+        # a mask is judged on at most ``check_points`` of its points (random, fixed): the check
+        # then costs a fraction of an accumulation pass
+        uid_all = units[vis.pixels[:, 0], vis.pixels[:, 1]]
+        perm = np.random.default_rng(len(uid_all)).permutation(len(uid_all))
+        order = perm[np.argsort(uid_all[perm], kind="stable")]
+        u_sorted = uid_all[order]
+        rank = np.arange(len(order)) - np.searchsorted(u_sorted, u_sorted, side="left")
+        pick = np.sort(order[rank < self.check_points])
+        uid = uid_all[pick]
+        w_all = self.balanced_weights(vis)[pick]
+        point_ids, pixels = vis.point_ids[pick], vis.pixels[pick]
+        score = np.zeros(len(uid), np.float32)
+        other = np.zeros(len(uid), np.float32)
+        for s in range(0, len(uid), self.rows):
+            e = s + self.rows
+            ids = point_ids[s:e]
+            f = feats.sample(pixels[s:e])
+            w = np.where(np.any(f != 0, axis=1), w_all[s:e], 0.0).astype(np.float32)
+            W = self.wsum[ids]
+            rest = self.acc[ids].astype(np.float32) * W[:, None] - w[:, None] * f  # sum of the others
+            norm = np.linalg.norm(rest, axis=1)
+            score[s:e] = np.einsum("ij,ij->i", rest, f) / np.maximum(norm, 1e-12)
+            other[s:e] = np.where((norm > 1e-6) & (w > 0), np.maximum(W - w, 0.0), 0.0)
+        ok = (uid >= 0) & (other > 0)
+        if not ok.any():
+            return
+        keys, inv = np.unique(uid[ok], return_inverse=True)
+        mean = (np.bincount(inv, weights=other[ok] * score[ok], minlength=len(keys))
+                / np.maximum(np.bincount(inv, weights=other[ok], minlength=len(keys)), 1e-12))
+        # a mask's say in the statistics is the other evidence over all its points, not the sample
+        w_full = self.balanced_weights(vis)
+        other_full = np.maximum(self.wsum[vis.point_ids] - w_full, 0.0) * (w_full > 0)
+        pos = np.clip(np.searchsorted(keys, uid_all), 0, len(keys) - 1)
+        hit = (keys[pos] == uid_all) & (other_full > 0)
+        mass = np.bincount(pos[hit], weights=other_full[hit], minlength=len(keys))
+        self._mask_scores[key] = (keys, mean.astype(np.float32), mass.astype(np.float32),
+                                  float(np.median(other_full[hit])) if hit.any() else 0.0)
+
+    def reweigh(self) -> bool:
+        """Turn mask scores into reliabilities and reset the accumulator for the final pass.
+
+        A mask scoring ``mask_check`` robust deviations (1.4826 MAD over all masks, weighted by
+        evidence) below the median keeps its full vote; below that its weight falls as
+        exp(-(excess deviations)). The scale adapts to the features: one-hot labels and CLIP
+        embeddings have very different typical cosines. Returns False when nothing was scored.
+        """
+        if not self._mask_scores:
+            return False
+        scores = np.concatenate([m for _, m, _, _ in self._mask_scores.values()])
+        mass = np.concatenate([w for _, _, w, _ in self._mask_scores.values()])
+        med = _weighted_quantile(scores, mass, 0.5)
+        mad = _weighted_quantile(np.abs(scores - med), mass, 0.5)
+        # a mask is judged on about ``mask_points`` typical points' worth of other evidence; with
+        # less, its score shrinks toward the median (a 2-pixel mask is not condemned by 2 points)
+        point = float(np.median([p for _, _, _, p in self._mask_scores.values()]))
+        prior = self.cfg.mask_points * point
+        for k, (keys, mean, m, p) in self._mask_scores.items():
+            self._mask_scores[k] = (keys, ((m * mean + prior * med) / (m + prior)).astype(np.float32), m, p)
+        self._reliability = (float(med), float(max(1.4826 * mad, self.cfg.mask_sigma)))
+        self.acc[:] = 0
+        self.wsum[:] = 0
+        self.count[:] = 0
+        self.support = np.zeros(self.n, np.float32)
+        return True
+
+    def _mask_reliability(self, vis: Visibility, feats: ViewFeatures, key) -> np.ndarray:
+        rho = np.ones(len(vis.point_ids), np.float32)
+        scored = self._mask_scores.get(key)
+        units = mask_units(feats) if scored is not None else None
+        if units is None:
+            return rho
+        keys, mean, _, _ = scored
+        uid = units[vis.pixels[:, 0], vis.pixels[:, 1]]
+        pos = np.clip(np.searchsorted(keys, uid), 0, len(keys) - 1)
+        hit = keys[pos] == uid
+        med, sigma = self._reliability
+        z = (mean[pos[hit]] - med) / sigma
+        rho[hit] = np.exp(np.minimum(z + self.cfg.mask_check, 0.0)).astype(np.float32)
+        return rho
 
     def result(self, cloud: PointCloud, *, encoder: str = "", class_names=None, meta=None) -> FeatureCloud:
         # the norm of a weighted mean of unit features is 1 where every view agreed and falls as
@@ -158,7 +279,8 @@ class FeatureFusion:
         fc = FeatureCloud(cloud, self.acc, weight.astype(np.float32), self.count, encoder, class_names,
                           dict(meta or {}, fusion=vars(self.cfg).copy()))
         if self.cfg.segments > 0:
-            evidence = np.minimum(self.count, self.cfg.evidence_cap).astype(np.float32) * agreement
+            views = self.count if self.support is None else self.support  # masks found wrong count less
+            evidence = np.minimum(views, self.cfg.evidence_cap).astype(np.float32) * agreement
             pool_over_segments(fc, geometric_segments(cloud), evidence, self.cfg.segments)
         if self.cfg.smoothing > 0:
             smooth_features(fc, self.cfg.smoothing, self.cfg.smoothing_k)
@@ -172,9 +294,36 @@ def fuse(cloud: PointCloud, items: Iterable[tuple[Visibility, ViewFeatures]], di
     fusion = FeatureFusion(len(cloud), dim, cfg)
     for vis, _ in items:
         fusion.add_weights(vis)
-    for vis, feats in items:
-        fusion.add(vis, feats)
+    fusion.fuse_views(lambda: items)
     return fusion.result(cloud, encoder=encoder, class_names=class_names)
+
+
+def mask_units(feats: ViewFeatures) -> np.ndarray | None:
+    """(H, W) id of the 4-connected blob of equal region id at each pixel (-1 = no region): the
+    2D model's separate decisions (a label map's class ids repeat across blobs). None when the
+    view's features have no region map (dense features only)."""
+    r = feats.regions
+    if r is None:
+        return None
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    r = np.asarray(r)
+    H, W = r.shape
+    idx = np.arange(H * W, dtype=np.int64).reshape(H, W)
+    same_h = (r[:, 1:] == r[:, :-1]) & (r[:, 1:] >= 0)
+    same_v = (r[1:, :] == r[:-1, :]) & (r[1:, :] >= 0)
+    u = np.concatenate([idx[:, :-1][same_h], idx[:-1, :][same_v]])
+    v = np.concatenate([idx[:, 1:][same_h], idx[1:, :][same_v]])
+    graph = coo_matrix((np.ones(len(u), np.int8), (u, v)), shape=(H * W, H * W))
+    _, lab = connected_components(graph, directed=False)
+    return np.where(r >= 0, lab.reshape(H, W), -1).astype(np.int64)
+
+
+def _weighted_quantile(x: np.ndarray, w: np.ndarray, q: float) -> float:
+    order = np.argsort(x)
+    cw = np.cumsum(w[order])
+    return float(x[order][min(np.searchsorted(cw, q * cw[-1]), len(x) - 1)])
 
 
 def smooth_features(fc: FeatureCloud, strength: float = 0.5, k: int = 8, chunk: int = 200_000) -> None:

@@ -107,8 +107,7 @@ def oracle_fuse(cloud: PointCloud, labels: np.ndarray, class_names: list[str], *
         vis = view_visibility(view, cloud, fusion.cfg)
         fusion.add_weights(vis)
         done.append((vis, feats))
-    for vis, feats in done:  # label maps are tiny (one int map per view): keep them for pass 2
-        fusion.add(vis, feats)
+    fusion.fuse_views(lambda: done)  # label maps are tiny (one int map per view): keep them
     spec = "labels:" + ",".join(class_names)
     return fusion.result(cloud, encoder=spec, class_names=class_names,
                          meta={"oracle": True, "noise": noise, "views": len(done)})

@@ -161,8 +161,13 @@ def fuse_scene(scene: Scene, view_encoder, cache_dir: str | Path, *, fusion_cfg:
         done.append(job.name)
     if fusion is None:
         raise InputError(None, "no views to fuse")
-    for name in tqdm(done, desc="fusing", unit="view", disable=not progress):
-        fusion.add(Visibility.load(root / "vis" / f"{name}.npz"), load_view_features(root / "feat" / f"{name}.npz"))
+    passes = iter(["fusing", "checking masks", "fusing again"])
+
+    def cached_views():
+        for name in tqdm(done, desc=next(passes, "fusing"), unit="view", disable=not progress):
+            yield Visibility.load(root / "vis" / f"{name}.npz"), load_view_features(root / "feat" / f"{name}.npz")
+
+    fusion.fuse_views(cached_views)
     fc = fusion.result(scene.cloud, encoder=getattr(encoder, "spec", ""),
                        class_names=getattr(encoder, "class_names", None),
                        meta={"views": len(done), "cache": str(root)})

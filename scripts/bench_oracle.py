@@ -31,6 +31,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--min-views", type=int, default=None, help="planner: views wanted per point (rendered views)")
     ap.add_argument("--zoom", type=int, default=None, help="organised clouds: crops enlarged this much (1 = off)")
+    ap.add_argument("--mask-check", type=float, default=None, help="fusion: 2D mask check strictness (0 = off)")
     ap.add_argument("--segments", type=float, default=None, help="fusion: weight of the segment's evidence (0 = off)")
     ap.add_argument("--evidence-cap", type=float, default=None, help="fusion: views counted as evidence, at most")
     ap.add_argument("--balance-power", type=float, default=None, help="fusion: 1 = granularities equal, 0 = plain mean")
@@ -54,7 +55,8 @@ def main(argv=None) -> int:
         gt_eval = load_gt(cloud, args.gt, names, divide=args.gt_divide)
         valid = gt_eval >= 0
         frames = io.read_frames(args.frames) if args.frames else None
-        knobs = {k: getattr(args, k) for k in ("segments", "evidence_cap", "balance_power", "not_drawn")}
+        knobs = {k: getattr(args, k) for k in ("mask_check", "segments", "evidence_cap", "balance_power",
+                                               "not_drawn")}
         cfg = FusionConfig(**{k: v for k, v in knobs.items() if v is not None})
         view_kw = {k: getattr(args, k) for k in ("min_views", "zoom") if getattr(args, k) is not None}
         fc = oracle_fuse(cloud, gt_eval, names, frames=frames, noise=args.noise, max_views=args.max_views,

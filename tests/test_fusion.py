@@ -124,3 +124,28 @@ def test_segment_evidence_outvotes_weak_points_but_not_strong_ones():
     lab = fc.features.astype(np.float32).argmax(1)
     assert lab[3] == 0 and lab[7] == 2 and (lab[[0, 1, 2, 4, 5, 6, 8, 9, 10, 11]] == 0).all()
     np.testing.assert_allclose(np.linalg.norm(fc.features.astype(np.float32), axis=1), 1, atol=1e-3)
+
+
+def test_mask_check_discounts_a_2d_mask_the_other_views_contradict():
+    """Four views call the left half class 0; a fifth view's single mask calls the whole plane
+    class 1, and only it sees the right half. Its mask is caught on the left half, so the right
+    half defers to the plane's other evidence instead of keeping the lone wrong vote."""
+    from pc_ovseg.encoders import label_map_features
+    H, W = 10, 20
+    n = H * W
+    yy, xx = np.divmod(np.arange(n), W)
+    cloud = PointCloud(np.stack([xx, yy, np.zeros(n)], 1).astype(np.float32))
+    pix = np.stack([yy, xx], 1).astype(np.int32)
+    left = np.arange(n // 2)
+    items = []
+    for v in range(4):
+        lm = np.full((H, W), -1); lm[:H // 2] = 0
+        items.append((Visibility(f"v{v}", "scene", left, pix[left], np.ones(len(left), np.float32), (H, W)),
+                      label_map_features(lm, 2)))
+    items.append((Visibility("v4", "scene", np.arange(n), pix, np.ones(n, np.float32), (H, W)),
+                  label_map_features(np.ones((H, W), np.int64), 2)))
+    right = np.arange(n // 2, n)
+    off = fuse(cloud, items, 2, cfg=FusionConfig(mask_check=0)).features.astype(np.float32).argmax(1)
+    on = fuse(cloud, items, 2, cfg=FusionConfig()).features.astype(np.float32).argmax(1)
+    assert (off[left] == 0).all() and (off[right] == 1).all()
+    assert (on == 0).all()

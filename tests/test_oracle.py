@@ -37,15 +37,16 @@ def test_bench_oracle_script_on_an_organised_kinect_frame(shared_data):
 
 
 def test_fusion_outvotes_region_noise_on_a_single_kinect_frame(shared_data):
-    """30 % of each view's superpixels relabelled wrongly: the crops' second opinions and the
-    segment evidence recover the frame (one view alone: 0.63)."""
+    """30 % of each view's superpixels relabelled wrongly: the crops' second opinions, the mask
+    check and the segment evidence recover the frame (one view alone: 0.63; 2026-11-22, seeds
+    0-2: 0.96-0.98)."""
     cloud = io.read_cloud(shared_data / "mosd" / "learn0.pcd")
     names = ["table", "ignore"] + [f"obj{i}" for i in range(2, 10)]
     from pc_ovseg.oracle import load_gt
     gt = load_gt(cloud, "label", names, divide=10)
     fc = oracle_fuse(cloud, gt, names, noise=0.3, seed=0)
     res = evaluate(QueryEngine(fc).labels(names).labels, gt, names)
-    assert res.miou >= 0.82 and res.oacc >= 0.9
+    assert res.miou >= 0.93 and res.oacc >= 0.95
 
 
 def test_fusion_outvotes_region_noise_on_airborne_lidar(shared_data):
