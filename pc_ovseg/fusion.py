@@ -1,11 +1,13 @@
 """Fusion: per-view 2D features -> one feature per point.
 
-Two streaming passes over views, so memory is the fused result plus a constant:
+Streaming passes over views, so memory is the fused result plus a constant:
   1. ``Visibility`` per view (point ids, pixels, geometric weights; small, cached on disk) and
      per-point weight totals per granularity;
   2. features sampled at the visible pixels, accumulated as a running weighted mean into an fp16
-     (N, D) array in the native extension.
-Balancing ("sample-balanced", as in OpenUrban3D): every granularity that saw a point gets the
+     (N, D) array in the native extension;
+  3. each view's 2D masks scored against the other views (a wrong mask is wrong as a whole);
+  4. the accumulation again, contradicted masks discounted.
+Then evidence pooling over geometric segments. Balancing ("sample-balanced", as in OpenUrban3D): every granularity that saw a point gets the
 same total weight, so a point seen in 40 close-ups and one overview is not decided by the
 close-ups alone.
 """
