@@ -41,7 +41,8 @@ class FusionConfig:
     mask_check: float = 2.0       # 0 = off; else a 2D mask (connected blob of a view's regions)
                                   # whose features the other views contradict loses its vote,
                                   # softly from this many robust deviations below the typical mask
-    mask_sigma: float = 0.1       # smallest deviation (cosine): masks that all agree are all kept
+    mask_sigma: float = 0.1       # smallest deviation, as a fraction of the feature contrast
+                                  # (see _contrast): masks that all agree are all kept
     mask_points: float = 10.0     # masks with less other evidence than this many points are
                                   # judged leniently (score shrunk toward the median)
     smoothing: float = 0.0        # 0 = off; else blend with the kNN mean of fused features
@@ -249,12 +250,28 @@ class FeatureFusion:
         prior = self.cfg.mask_points * point
         for k, (keys, mean, m, p) in self._mask_scores.items():
             self._mask_scores[k] = (keys, ((m * mean + prior * med) / (m + prior)).astype(np.float32), m, p)
-        self._reliability = (float(med), float(max(1.4826 * mad, self.cfg.mask_sigma)))
+        floor = self.cfg.mask_sigma * self._contrast()
+        self._reliability = (float(med), float(max(1.4826 * mad, floor, 1e-4)))
         self.acc[:] = 0
         self.wsum[:] = 0
         self.count[:] = 0
         self.support = np.zeros(self.n, np.float32)
         return True
+
+    def _contrast(self, pairs: int = 20000) -> float:
+        """How far apart features of different things are in this feature space: 1 - the 5th
+        percentile cosine between random pairs of fused points (about 1 for one-hot labels,
+        much less for CLIP embeddings, whose unrelated patches still share a large common
+        component). The mask check's smallest deviation is measured in these units."""
+        seen = np.flatnonzero(self.wsum > 0)
+        if len(seen) < 2:
+            return 1.0
+        rng = np.random.default_rng(0)
+        a = self.acc[rng.choice(seen, pairs)].astype(np.float32)
+        b = self.acc[rng.choice(seen, pairs)].astype(np.float32)
+        a /= np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+        b /= np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
+        return float(np.clip(1.0 - np.quantile(np.einsum("ij,ij->i", a, b), 0.05), 1e-3, 2.0))
 
     def _mask_reliability(self, vis: Visibility, feats: ViewFeatures, key) -> np.ndarray:
         rho = np.ones(len(vis.point_ids), np.float32)

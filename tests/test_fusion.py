@@ -126,11 +126,20 @@ def test_segment_evidence_outvotes_weak_points_but_not_strong_ones():
     np.testing.assert_allclose(np.linalg.norm(fc.features.astype(np.float32), axis=1), 1, atol=1e-3)
 
 
-def test_mask_check_discounts_a_2d_mask_the_other_views_contradict():
+@pytest.mark.parametrize("class_cos", [0.0, 0.8])
+def test_mask_check_discounts_a_2d_mask_the_other_views_contradict(class_cos):
     """Four views call the left half class 0; a fifth view's single mask calls the whole plane
     class 1, and only it sees the right half. Its mask is caught on the left half, so the right
-    half defers to the plane's other evidence instead of keeping the lone wrong vote."""
+    half defers to the plane's other evidence instead of keeping the lone wrong vote. Also with
+    CLIP-like embeddings whose classes are 0.8 cosine apart (the check scales to the contrast)."""
     from pc_ovseg.encoders import label_map_features
+    emb = np.array([[1, 0, 0], [class_cos, np.sqrt(1 - class_cos ** 2), 0]], np.float32)
+
+    def features(lm):
+        vf = label_map_features(lm, 2)
+        vf.region_features = emb.astype(np.float16)
+        return vf
+
     H, W = 10, 20
     n = H * W
     yy, xx = np.divmod(np.arange(n), W)
@@ -141,11 +150,14 @@ def test_mask_check_discounts_a_2d_mask_the_other_views_contradict():
     for v in range(4):
         lm = np.full((H, W), -1); lm[:H // 2] = 0
         items.append((Visibility(f"v{v}", "scene", left, pix[left], np.ones(len(left), np.float32), (H, W)),
-                      label_map_features(lm, 2)))
+                      features(lm)))
     items.append((Visibility("v4", "scene", np.arange(n), pix, np.ones(n, np.float32), (H, W)),
-                  label_map_features(np.ones((H, W), np.int64), 2)))
+                  features(np.ones((H, W), np.int64))))
     right = np.arange(n // 2, n)
-    off = fuse(cloud, items, 2, cfg=FusionConfig(mask_check=0)).features.astype(np.float32).argmax(1)
-    on = fuse(cloud, items, 2, cfg=FusionConfig()).features.astype(np.float32).argmax(1)
+
+    def labels(cfg):
+        return (fuse(cloud, items, 3, cfg=cfg).features.astype(np.float32) @ emb.T).argmax(1)
+
+    off, on = labels(FusionConfig(mask_check=0)), labels(FusionConfig())
     assert (off[left] == 0).all() and (off[right] == 1).all()
     assert (on == 0).all()
