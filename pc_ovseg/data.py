@@ -104,7 +104,12 @@ def _rgb_to_u8(rgb: np.ndarray) -> np.ndarray:
 
 @dataclass
 class Mesh:
-    """Triangle mesh; per-vertex colour and fields, float64 origin as for PointCloud."""
+    """Triangle mesh; per-vertex colour and fields, float64 origin as for PointCloud.
+
+    A textured mesh (photogrammetry GLB/OBJ) keeps its UVs and texture: the renderer samples
+    the texture per pixel, so a 2D model sees the photo detail between vertices; ``vertex_rgb``
+    holds the texture sampled at each vertex for everything that works on points.
+    """
 
     vertices: np.ndarray                               # (V, 3) float32, relative to origin
     faces: np.ndarray                                  # (F, 3) int64
@@ -112,6 +117,8 @@ class Mesh:
     fields: dict[str, np.ndarray] = field(default_factory=dict)  # per-vertex
     origin: np.ndarray = field(default_factory=lambda: np.zeros(3))
     source: str | None = None
+    uv: np.ndarray | None = None                       # (V, 2) float32 texture coordinates (v up)
+    texture: np.ndarray | None = None                  # (H, W, 3) uint8, row 0 = top (v = 1)
 
     def __post_init__(self):
         self.vertices = _as_f32(self.vertices, (3,), "vertices")
@@ -119,8 +126,31 @@ class Mesh:
         self.origin = np.asarray(self.origin, dtype=np.float64).reshape(3)
         if self.vertex_rgb is not None:
             self.vertex_rgb = _rgb_to_u8(np.ascontiguousarray(self.vertex_rgb)[:, :3])
+        if (self.uv is None) != (self.texture is None):
+            raise ValueError("uv and texture go together")
+        if self.uv is not None:
+            self.uv = np.ascontiguousarray(self.uv, dtype=np.float32).reshape(-1, 2)
+            if len(self.uv) != len(self.vertices):
+                raise ValueError(f"{len(self.uv)} uv rows for {len(self.vertices)} vertices")
+            self.texture = _rgb_to_u8(np.ascontiguousarray(self.texture)[..., :3].reshape(-1, 3)).reshape(
+                np.shape(self.texture)[0], np.shape(self.texture)[1], 3)
         if len(self.faces) and (self.faces.min() < 0 or self.faces.max() >= len(self.vertices)):
             raise ValueError("face indices out of range")
+
+    def sample_texture(self, uv: np.ndarray) -> np.ndarray:
+        """Bilinear texture colour (M, 3) float32 at texture coordinates (M, 2); wraps (repeat)."""
+        tex = self.texture.astype(np.float32)
+        H, W = tex.shape[:2]
+        uv = np.asarray(uv, np.float64)
+        uv = np.where((uv < 0) | (uv > 1), uv % 1.0, uv)  # repeat outside [0, 1]; 1.0 is the far edge
+        x = uv[:, 0] * (W - 1)
+        y = (1.0 - uv[:, 1]) * (H - 1)
+        x0 = np.clip(np.floor(x).astype(np.int64), 0, W - 1); x1 = np.minimum(x0 + 1, W - 1)
+        y0 = np.clip(np.floor(y).astype(np.int64), 0, H - 1); y1 = np.minimum(y0 + 1, H - 1)
+        fx, fy = (x - x0)[:, None], (y - y0)[:, None]
+        top = tex[y0, x0] * (1 - fx) + tex[y0, x1] * fx
+        bottom = tex[y1, x0] * (1 - fx) + tex[y1, x1] * fx
+        return (top * (1 - fy) + bottom * fy).astype(np.float32)
 
     def to_point_cloud(self) -> PointCloud:
         """The vertices as a cloud (what fusion labels for a mesh)."""

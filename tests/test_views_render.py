@@ -100,6 +100,36 @@ def test_mesh_ray_casting():
     assert coverage(mesh, cams) == 1.0
 
 
+def test_textured_glb_is_rendered_from_its_texture(tmp_path):
+    """A 4-vertex quad with a red/blue/red/blue striped texture: vertex colours alone would give a
+    red-to-blue gradient; the render shows the stripes, and the vertices get the texture colour."""
+    import trimesh
+    from PIL import Image
+
+    from pc_ovseg.io import read
+    tex = np.zeros((16, 64, 3), np.uint8)
+    for k in range(4):
+        tex[:, 16 * k:16 * (k + 1)] = [255, 0, 0] if k % 2 == 0 else [0, 0, 255]
+    mat = trimesh.visual.material.PBRMaterial(baseColorTexture=Image.fromarray(tex),
+                                              baseColorFactor=[255, 255, 255, 255])
+    quad = trimesh.Trimesh([[0, 0, 0], [1, 0, 0], [1, 1, 0], [0, 1, 0]], [[0, 1, 2], [0, 2, 3]], process=False,
+                           visual=trimesh.visual.TextureVisuals(uv=[[0, 0], [1, 0], [1, 1], [0, 1]], material=mat))
+    quad.export(tmp_path / "quad.glb")
+    mesh = read(tmp_path / "quad.glb")
+    assert isinstance(mesh, Mesh) and mesh.texture.shape == (16, 64, 3) and mesh.uv.shape == (4, 2)
+    assert mesh.vertex_rgb[0].tolist() == [255, 0, 0] and mesh.vertex_rgb[1].tolist() == [0, 0, 255]
+    cam = make_camera([0.5, 0.5, 2.0], [0.5, 0.5, 0.0], width=128, height=32, up=(0, 1, 0), hfov_deg=30.0)
+    v = render_view(mesh, cam)
+    row = v.rgb[16]
+    hit = v.index[16] >= 0
+    u = (np.flatnonzero(hit) - np.flatnonzero(hit)[0]) / hit.sum()  # position across the quad
+    stripe = (u * 4).astype(int)
+    inner = np.abs(u * 4 - np.round(u * 4)) > 0.2                     # away from stripe edges
+    colours = row[hit][inner]
+    red = colours[:, 0] > colours[:, 2]
+    assert (red == (stripe[inner] % 2 == 0)).all() and len(set(stripe[inner])) == 4
+
+
 def test_cli_render_cloud(shared_data, tmp_path, capsys):
     out = tmp_path / "las"
     rc = main(["render", str(shared_data / "las" / "sample_c.las"), "--out", str(out), "--max-views", "6",

@@ -1,7 +1,9 @@
 """OBJ / GLB / GLTF / OFF / STL meshes through trimesh (PLY meshes use pc_ovseg's own parser).
 
-Multi-part scenes (GLB) are concatenated in world space. Vertex colours are kept when the file
-has them; textures are not baked into vertex colours.
+Multi-part scenes (GLB) are concatenated in world space (trimesh packs their textures into one
+atlas). Vertex colours are kept when the file has them; a textured mesh keeps its UVs and its
+base-colour texture (times the material's colour factor), and its vertex colours are the
+texture sampled at each vertex.
 """
 from __future__ import annotations
 
@@ -32,10 +34,30 @@ def read_trimesh(path: str, layout=None) -> Mesh:
     vc = getattr(obj.visual, "vertex_colors", None) if obj.visual.kind == "vertex" else None
     if vc is not None and len(vc) == len(v):
         rgb = np.asarray(vc)[:, :3]
+    uv, texture = _texture(obj, len(v))
     cloud = make_cloud(path, v, rgb=rgb)
     if len(f) and (f.min() < 0 or f.max() >= len(v)):
         raise InputError(path, "face indices out of range")
-    return Mesh(cloud.xyz, f, cloud.rgb, {}, cloud.origin, source=path)
+    mesh = Mesh(cloud.xyz, f, cloud.rgb, {}, cloud.origin, source=path, uv=uv, texture=texture)
+    if texture is not None:
+        mesh.vertex_rgb = np.clip(mesh.sample_texture(uv) + 0.5, 0, 255).astype(np.uint8)
+    return mesh
+
+
+def _texture(obj, n_vertices: int):
+    """(uv, texture) of a textured trimesh, or (None, None)."""
+    vis = obj.visual
+    if vis.kind != "texture" or getattr(vis, "uv", None) is None or len(vis.uv) != n_vertices:
+        return None, None
+    mat = vis.material
+    img = getattr(mat, "baseColorTexture", None) or getattr(mat, "image", None)
+    if img is None:
+        return None, None
+    tex = np.asarray(img.convert("RGB"), np.float32)
+    factor = getattr(mat, "baseColorFactor", None)  # glTF: texture x factor (RGBA, 0-255 in trimesh)
+    if factor is not None:
+        tex *= np.asarray(factor, np.float32)[:3] / 255.0
+    return np.asarray(vis.uv, np.float32), np.clip(tex + 0.5, 0, 255).astype(np.uint8)
 
 
 register("trimesh", "mesh", exts=(".obj", ".glb", ".gltf", ".off", ".stl"))(read_trimesh)

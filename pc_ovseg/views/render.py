@@ -257,6 +257,8 @@ def render_mesh(mesh: Mesh, camera: Camera, *, granularity: str = "scene", attri
             raise KeyError(f"no per-vertex field {attribute!r}; the mesh has {sorted(mesh.fields)}")
         nearest = mesh.faces[face, np.argmax(bary, 1)]
         rgb[ray] = _attribute_image(mesh.fields[attribute], nearest)
+    elif mesh.texture is not None and shading in ("auto", "rgb"):  # photo detail between vertices
+        rgb[ray] = mesh.sample_texture(np.einsum("mk,mkc->mc", bary, mesh.uv[mesh.faces[face]].astype(np.float64)))
     elif mesh.vertex_rgb is not None and shading in ("auto", "rgb"):
         rgb[ray] = np.einsum("mk,mkc->mc", bary, mesh.vertex_rgb[mesh.faces[face]].astype(np.float32))
     else:
