@@ -24,7 +24,7 @@ from .data import FeatureCloud, PointCloud, View, ViewFeatures
 
 @dataclass
 class FusionConfig:
-    """Weights of one (point, view) observation; all on by default, each can be switched off."""
+    """How observations are weighted, checked and combined; every part can be switched off."""
 
     angle: bool = True            # |cos| between the point normal and the viewing ray
     distance: bool = True         # closer observations see more detail: 1 / (1 + z / median z)
