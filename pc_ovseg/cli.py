@@ -212,7 +212,7 @@ def cmd_fuse(args) -> int:
     from .pipeline import fuse_scene, load_scene
     kw = _scene_kw(args)
     progress = kw.pop("progress")
-    scene = load_scene(args.input, **{k: v for k, v in kw.items()})
+    scene = load_scene(args.input, plan_cache=Path(args.out) / "cache", **kw)
     enc = view_encoder_from_args(args, cache_dir=str(Path(args.out) / "cache" / "encoder"))
     fc, stats = fuse_scene(scene, enc, Path(args.out) / "cache", progress=progress,
                            settings={"input": args.input, **kw})

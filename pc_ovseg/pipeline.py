@@ -1,6 +1,7 @@
 """``run``: input -> views -> 2D features -> fusion -> labels, cached per view and resumable.
 
 Layout of an output folder:
+    cache/plan_<hash>.json                  the planned cameras of a bare cloud / mesh
     cache/<settings-hash>/vis/<view>.npz    visibility + weights of each view   (pass 1)
     cache/<settings-hash>/feat/<view>.npz   the view's 2D features               (pass 1)
     fused.npz                               FeatureCloud (query / view / distill read it)
@@ -52,10 +53,11 @@ class Scene:
 def view_jobs(source: FrameSequence | Mesh | PointCloud, cloud: PointCloud, *, max_views: int | None = None,
               kind: str = "auto", width: int = 640, height: int = 480, stride: int | None = None,
               intrinsics: np.ndarray | None = None, min_views: int | None = None,
-              zoom: int = 2) -> list[ViewJob]:
+              zoom: int = 2, plan_cache: str | Path | None = None) -> list[ViewJob]:
     """The views that will see ``cloud``: selected frames, the organised cloud's own camera (plus
     its overlapping crops enlarged ``zoom`` times: a single frame needs them for a second opinion;
-    zoom=1 turns them off), or planned virtual cameras over a bare cloud or mesh."""
+    zoom=1 turns them off), or planned virtual cameras over a bare cloud or mesh (kept in
+    ``plan_cache`` when given, so a resumed run does not plan again)."""
     from . import views
 
     if isinstance(source, FrameSequence):
@@ -66,9 +68,37 @@ def view_jobs(source: FrameSequence | Mesh | PointCloud, cloud: PointCloud, *, m
         base = ViewJob("organized", lambda: views.organized_view(source, K))
         wins = views.zoom_windows(source.grid_shape[0], source.grid_shape[1], zoom)
         return [base] + [ViewJob(f"organized_z{zoom}_{win[0]}_{win[1]}", _zoom_job(base, win, zoom)) for win in wins]
-    plan_kw = {} if min_views is None else {"min_views": min_views}
-    cams = views.plan_cameras(source, kind=kind, max_views=max_views, width=width, height=height, **plan_kw)
+    plan_kw = dict(kind=kind, max_views=max_views, width=width, height=height)
+    if min_views is not None:
+        plan_kw["min_views"] = min_views
+    cams = _cached_plan(source, plan_kw, plan_cache)
     return [ViewJob(f"view{i:04d}_{g}", _render_job(source, cam, g)) for i, (cam, g) in enumerate(cams)]
+
+
+def _cached_plan(geom: Mesh | PointCloud, plan_kw: dict, cache: str | Path | None) -> list:
+    """plan_cameras(geom, **plan_kw), read from / written to ``cache`` (keyed by geometry and settings)."""
+    from . import views
+    from .views.cameras import PlannedCamera
+
+    if cache is None:
+        return views.plan_cameras(geom, **plan_kw)
+    h = hashlib.sha1(json.dumps(plan_kw, sort_keys=True, default=str).encode())
+    for a in ((geom.vertices, geom.faces) if isinstance(geom, Mesh) else (geom.xyz,)) + (geom.origin,):
+        h.update(np.ascontiguousarray(a).tobytes())
+    path = Path(cache) / f"plan_{h.hexdigest()[:16]}.json"
+    if path.exists():
+        try:
+            return [(PlannedCamera.from_dict(c), c["granularity"]) for c in json.loads(path.read_text())]
+        except (ValueError, KeyError, TypeError):
+            pass  # a damaged plan is planned again
+    cams = views.plan_cameras(geom, **plan_kw)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    items = [{**(cam.to_dict() if isinstance(cam, PlannedCamera) else PlannedCamera(
+        cam.K, cam.cam_to_world, cam.width, cam.height).to_dict()), "granularity": g} for cam, g in cams]
+    tmp.write_text(json.dumps(items))
+    os.replace(tmp, path)
+    return cams
 
 
 def load_scene(path: str, *, cloud_path: str | None = None, layout: str | None = None,
@@ -239,7 +269,7 @@ def run(path: str, out_dir: str | Path, vocabulary: list[str], *, class_ids=None
     t0 = time.time()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    scene = load_scene(path, cloud_path=cloud_path, max_views=max_views, **scene_kw)
+    scene = load_scene(path, cloud_path=cloud_path, max_views=max_views, plan_cache=out / "cache", **scene_kw)
     if view_encoder is None:
         from .encoders import view_encoder_from_args
         view_encoder = view_encoder_from_args(encoder_args, cache_dir=str(out / "cache" / "encoder"))

@@ -94,3 +94,23 @@ def test_run_reports_missing_weights_in_one_line(tmp_path):
     assert r.returncode != 0
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "missing.pt" in lines[0], r.stderr
+
+
+def test_rerun_reuses_the_camera_plan_and_every_view(shared_data, tiny_clip, tmp_path, monkeypatch):
+    """A resumed run on a bare cloud neither plans cameras again nor recomputes a view."""
+    from argparse import Namespace
+
+    from pc_ovseg import pipeline, views
+    model, weights = tiny_clip
+    args = Namespace(clip_model=model, clip_weights=weights, masks="superpixels", device="cpu")
+    vocab = ["ground", "building", "vegetation"]
+    src = shared_data / "las" / "sample_c.las"
+    first = pipeline.run(str(src), tmp_path, vocab, encoder_args=args, progress=False)
+    assert first["views_computed"] == first["views"] >= 8 and len(list(tmp_path.glob("cache/plan_*.json"))) == 1
+
+    def no_planning(*a, **k):
+        raise AssertionError("planned again")
+    monkeypatch.setattr(views, "plan_cameras", no_planning)
+    again = pipeline.run(str(src), tmp_path, vocab, encoder_args=args, progress=False)
+    assert again["views_cached"] == first["views"] and again["views_computed"] == 0
+    assert again["label_counts"] == first["label_counts"]
