@@ -44,7 +44,7 @@ class FusionConfig:
     mask_sigma: float = 0.1       # smallest deviation, as a fraction of the feature contrast
                                   # (see _contrast): masks that all agree are all kept
     mask_points: float = 10.0     # masks with less other evidence than this many points are
-                                  # judged leniently (score shrunk toward the median)
+                                  # judged leniently (score shrunk toward the typical good mask)
     smoothing: float = 0.0        # 0 = off; else blend with the kNN mean of fused features
     smoothing_k: int = 8
 
@@ -233,19 +233,22 @@ class FeatureFusion:
     def reweigh(self) -> bool:
         """Turn mask scores into reliabilities and reset the accumulator for the final pass.
 
-        A mask scoring ``mask_check`` robust deviations (1.4826 MAD over all masks, weighted by
-        evidence) below the median keeps its full vote; below that its weight falls as
-        exp(-(excess deviations)). The scale adapts to the features: one-hot labels and CLIP
+        A mask scoring up to ``mask_check`` robust deviations (1.4826 MAD, evidence-weighted)
+        below the typical good mask (the median of the better half) keeps its full vote; below
+        that its weight falls as exp(-(excess deviations)). The scale adapts to the features: one-hot labels and CLIP
         embeddings have very different typical cosines. Returns False when nothing was scored.
         """
         if not self._mask_scores:
             return False
         scores = np.concatenate([m for _, m, _, _ in self._mask_scores.values()])
         mass = np.concatenate([w for _, _, w, _ in self._mask_scores.values()])
-        med = _weighted_quantile(scores, mass, 0.5)
-        mad = _weighted_quantile(np.abs(scores - med), mass, 0.5)
+        # the reference is the better half of the masks (its median and MAD): with half of all
+        # masks wrong, the plain median would sit between right and wrong and condemn neither
+        up = scores >= _weighted_quantile(scores, mass, 0.5)
+        med = _weighted_quantile(scores[up], mass[up], 0.5)
+        mad = _weighted_quantile(np.abs(scores[up] - med), mass[up], 0.5)
         # a mask is judged on about ``mask_points`` typical points' worth of other evidence; with
-        # less, its score shrinks toward the median (a 2-pixel mask is not condemned by 2 points)
+        # less, its score shrinks toward the reference (a 2-pixel mask is not condemned by 2 points)
         point = float(np.median([p for _, _, _, p in self._mask_scores.values()]))
         prior = self.cfg.mask_points * point
         for k, (keys, mean, m, p) in self._mask_scores.items():
