@@ -119,6 +119,7 @@ class FeatureFusion:
 
     rows = 32768  # visible points sampled per step: caps the per-view temporaries at ~rows x D
     check_points = 64  # points per 2D mask that the mask check compares with the other views
+    min_reliability = 1e-3  # what is left of a contradicted mask's vote
 
     def __init__(self, num_points: int, dim: int, cfg: FusionConfig | None = None):
         self.cfg = cfg or FusionConfig()
@@ -235,8 +236,9 @@ class FeatureFusion:
 
         A mask scoring up to ``mask_check`` robust deviations (1.4826 MAD, evidence-weighted)
         below the typical good mask (the median of the better half) keeps its full vote; below
-        that its weight falls as exp(-(excess deviations)). The scale adapts to the features: one-hot labels and CLIP
-        embeddings have very different typical cosines. Returns False when nothing was scored.
+        that its weight falls as exp(-(excess deviations)), to ``min_reliability`` at least. The
+        smallest deviation scales with the feature contrast (one-hot labels and CLIP embeddings
+        have very different typical cosines). Returns False when nothing was scored.
         """
         if not self._mask_scores:
             return False
@@ -288,7 +290,9 @@ class FeatureFusion:
         hit = keys[pos] == uid
         med, sigma = self._reliability
         z = (mean[pos[hit]] - med) / sigma
-        rho[hit] = np.exp(np.minimum(z + self.cfg.mask_check, 0.0)).astype(np.float32)
+        # a contradicted mask keeps a trace of its vote: a point only it saw stays "seen" (with
+        # next to no support), never turns into an unseen point
+        rho[hit] = np.maximum(np.exp(np.minimum(z + self.cfg.mask_check, 0.0)), self.min_reliability)
         return rho
 
     def result(self, cloud: PointCloud, *, encoder: str = "", class_names=None, meta=None) -> FeatureCloud:

@@ -161,3 +161,26 @@ def test_mask_check_discounts_a_2d_mask_the_other_views_contradict(class_cos):
     off, on = labels(FusionConfig(mask_check=0)), labels(FusionConfig())
     assert (off[left] == 0).all() and (off[right] == 1).all()
     assert (on == 0).all()
+
+
+def test_points_only_a_contradicted_mask_saw_stay_seen():
+    """Even a mask the check all but silences leaves its points seen (coverage is about views,
+    not about trust), with next to no support."""
+    from pc_ovseg.encoders import label_map_features
+    H, W = 4, 50
+    n = H * W
+    yy, xx = np.divmod(np.arange(n), W)
+    cloud = PointCloud(np.stack([xx, yy, np.zeros(n)], 1).astype(np.float32))
+    pix = np.stack([yy, xx], 1).astype(np.int32)
+    shared = np.arange(n // 2)
+    items = [(Visibility(f"v{v}", "scene", shared, pix[shared], np.ones(len(shared), np.float32), (H, W)),
+              label_map_features(np.zeros((H, W), np.int64), 2)) for v in range(6)]
+    items.append((Visibility("bad", "scene", np.arange(n), pix, np.ones(n, np.float32), (H, W)),
+                  label_map_features(np.ones((H, W), np.int64), 2)))
+    fusion = FeatureFusion(n, 2, FusionConfig(segments=0, mask_sigma=1e-6))  # as harsh as it gets
+    for vis, _ in items:
+        fusion.add_weights(vis)
+    fusion.fuse_views(lambda: items)
+    alone = np.arange(n // 2, n)
+    assert (fusion.wsum[alone] > 0).all() and (fusion.support[alone] < 0.01).all()
+    assert fusion.result(cloud).coverage == 1.0
