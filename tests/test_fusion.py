@@ -126,6 +126,13 @@ def test_segment_evidence_outvotes_weak_points_but_not_strong_ones():
     np.testing.assert_allclose(np.linalg.norm(fc.features.astype(np.float32), axis=1), 1, atol=1e-3)
 
 
+def _plane(H: int, W: int):
+    """A flat H x W grid of points, each seen at its own pixel of an H x W image."""
+    yy, xx = np.divmod(np.arange(H * W), W)
+    cloud = PointCloud(np.stack([xx, yy, np.zeros(H * W)], 1).astype(np.float32))
+    return cloud, np.stack([yy, xx], 1).astype(np.int32)
+
+
 @pytest.mark.parametrize("class_cos", [0.0, 0.8])
 def test_mask_check_discounts_a_2d_mask_the_other_views_contradict(class_cos):
     """Four views call the left half class 0; a fifth view's single mask calls the whole plane
@@ -141,10 +148,8 @@ def test_mask_check_discounts_a_2d_mask_the_other_views_contradict(class_cos):
         return vf
 
     H, W = 10, 20
+    cloud, pix = _plane(H, W)
     n = H * W
-    yy, xx = np.divmod(np.arange(n), W)
-    cloud = PointCloud(np.stack([xx, yy, np.zeros(n)], 1).astype(np.float32))
-    pix = np.stack([yy, xx], 1).astype(np.int32)
     left = np.arange(n // 2)
     items = []
     for v in range(4):
@@ -168,10 +173,8 @@ def test_points_only_a_contradicted_mask_saw_stay_seen():
     not about trust), with next to no support."""
     from pc_ovseg.encoders import label_map_features
     H, W = 4, 50
+    cloud, pix = _plane(H, W)
     n = H * W
-    yy, xx = np.divmod(np.arange(n), W)
-    cloud = PointCloud(np.stack([xx, yy, np.zeros(n)], 1).astype(np.float32))
-    pix = np.stack([yy, xx], 1).astype(np.int32)
     shared = np.arange(n // 2)
     items = [(Visibility(f"v{v}", "scene", shared, pix[shared], np.ones(len(shared), np.float32), (H, W)),
               label_map_features(np.zeros((H, W), np.int64), 2)) for v in range(6)]
