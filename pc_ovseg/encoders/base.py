@@ -8,26 +8,23 @@ encoder later; ``get_encoder`` resolves them through a registry of spec prefixes
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from ..errors import InputError
+from ..registry import Registry
 
-_REGISTRY: dict[str, Callable[..., "ImageTextEncoder"]] = {}
+_REGISTRY = Registry(attr="kind")
 
 
 def register_encoder(name: str):
     """Class decorator: ``name`` becomes the spec prefix; the class gets ``from_spec(rest, **kw)``."""
-    def deco(cls):
-        _REGISTRY[name] = cls
-        cls.kind = name
-        return cls
-    return deco
+    return _REGISTRY.register(name)
 
 
 def registered_encoders() -> list[str]:
-    return sorted(_REGISTRY)
+    return _REGISTRY.names()
 
 
 _LOADED: "OrderedDict[tuple, ImageTextEncoder]" = OrderedDict()

@@ -6,28 +6,23 @@ smallest (most specific) mask covering a pixel wins.
 """
 from __future__ import annotations
 
-from typing import Callable
-
 import numpy as np
 
 from ..data import View
 from ..errors import InputError
+from ..registry import Registry
 from .clip import resolve_device
 from .superpixels import slic
 
-_MASKS: dict[str, Callable[..., "MaskSource"]] = {}
+_MASKS = Registry(attr="name")
 
 
 def register_masks(name: str):
-    def deco(cls):
-        _MASKS[name] = cls
-        cls.name = name
-        return cls
-    return deco
+    return _MASKS.register(name)
 
 
 def mask_sources() -> list[str]:
-    return sorted(_MASKS)
+    return _MASKS.names()
 
 
 def get_mask_source(name: "str | MaskSource | None", **kw) -> "MaskSource":

@@ -9,17 +9,16 @@ Coverage is always measured with the renderer's depth test, never assumed.
 """
 from __future__ import annotations
 
-from typing import Callable
-
 import numpy as np
 
 from .. import native
 from ..data import Camera, Mesh, PointCloud
+from ..registry import Registry
 from .cameras import PlannedCamera, camera_near, intrinsics, look_at
 from .geometry import point_normals
 from .render import MAX_SPLAT_PX, SPLAT_SCALE, VIS_TOL_SPACING, render_mesh, splat_radius
 
-PLANNERS: dict[str, Callable] = {}
+PLANNERS = Registry()
 TARGET_COVERAGE = 0.995   # default goal: the done-when bar is 0.99, keep a margin
 MAX_REPAIR_VIEWS = 80
 MIN_CLOSER_VIEWS = 4
@@ -27,10 +26,7 @@ MIN_VIEWS_PER_POINT = 8   # views wanted per point: fusion outvotes wrong 2D mas
 
 
 def planner(name: str):
-    def deco(fn):
-        PLANNERS[name] = fn
-        return fn
-    return deco
+    return PLANNERS.register(name)
 
 
 def _points(scene: PointCloud | Mesh) -> np.ndarray:
