@@ -175,7 +175,7 @@ class FeatureFusion:
         if self._reliability is not None:
             rho = self._mask_reliability(vis, feats, key)
             w_all = (w_all * rho).astype(np.float32)
-            np.add.at(self.support, vis.point_ids, rho)
+            self.support[vis.point_ids] += rho  # a view's point ids are unique
         for s in range(0, len(vis.point_ids), self.rows):  # bounded (rows, D) temporaries
             e = s + self.rows
             f = feats.sample(vis.pixels[s:e])
@@ -202,7 +202,8 @@ class FeatureFusion:
         rank = np.arange(len(order)) - np.searchsorted(u_sorted, u_sorted, side="left")
         pick = np.sort(order[rank < self.check_points])
         uid = uid_all[pick]
-        w_all = self.balanced_weights(vis)[pick]
+        w_full = self.balanced_weights(vis)
+        w_all = w_full[pick]
         point_ids, pixels = vis.point_ids[pick], vis.pixels[pick]
         score = np.zeros(len(uid), np.float32)
         other = np.zeros(len(uid), np.float32)
@@ -223,7 +224,6 @@ class FeatureFusion:
         mean = (np.bincount(inv, weights=other[ok] * score[ok], minlength=len(keys))
                 / np.maximum(np.bincount(inv, weights=other[ok], minlength=len(keys)), 1e-12))
         # a mask's say in the statistics is the other evidence over all its points, not the sample
-        w_full = self.balanced_weights(vis)
         other_full = np.maximum(self.wsum[vis.point_ids] - w_full, 0.0) * (w_full > 0)
         pos = np.clip(np.searchsorted(keys, uid_all), 0, len(keys) - 1)
         hit = (keys[pos] == uid_all) & (other_full > 0)
@@ -443,7 +443,8 @@ def pool_over_segments(fc: FeatureCloud, segments: np.ndarray, evidence: np.ndar
         return
     seg = segments[idx]
     n_seg = int(seg.max()) + 1
-    ev = np.asarray(evidence, np.float64)[idx]
+    evidence = np.asarray(evidence, np.float32)
+    ev = evidence[idx].astype(np.float64)
     size = np.maximum(np.bincount(seg, minlength=n_seg), 1).astype(np.float64)
     D = fc.features.shape[1]
     means = np.empty((n_seg, D), np.float32)
@@ -453,7 +454,7 @@ def pool_over_segments(fc: FeatureCloud, segments: np.ndarray, evidence: np.ndar
             means[:, c + j] = np.bincount(seg, weights=ev * f[:, j], minlength=n_seg) / size
     for r in range(0, len(idx), rows):
         sel = idx[r:r + rows]
-        own = np.asarray(evidence, np.float32)[sel][:, None] * fc.features[sel].astype(np.float32)
+        own = evidence[sel][:, None] * fc.features[sel].astype(np.float32)
         mixed = own + strength * means[seg[r:r + rows]]
         mixed /= np.maximum(np.linalg.norm(mixed, axis=1, keepdims=True), 1e-8)
         fc.features[sel] = mixed.astype(np.float16)

@@ -94,9 +94,7 @@ def _cached_plan(geom: Mesh | PointCloud, plan_kw: dict, cache: str | Path | Non
     cams = views.plan_cameras(geom, **plan_kw)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    items = [{**(cam.to_dict() if isinstance(cam, PlannedCamera) else PlannedCamera(
-        cam.K, cam.cam_to_world, cam.width, cam.height).to_dict()), "granularity": g} for cam, g in cams]
-    tmp.write_text(json.dumps(items))
+    tmp.write_text(json.dumps([{**cam.to_dict(), "granularity": g} for cam, g in cams]))
     os.replace(tmp, path)
     return cams
 
