@@ -240,7 +240,7 @@ def export_labels(out_dir: str | Path, fc: FeatureCloud, vocabulary: list[str], 
             "unseen": int((~seen).sum()), "points": len(res.labels)}
 
 
-def ensemble_with_distilled(fused: FeatureCloud, ckpt: str, vocabulary: list[str], out: Path, *,
+def ensemble_with_distilled(fused: FeatureCloud, ckpt, vocabulary: list[str], out: Path, *,
                             tta: int = 1) -> FeatureCloud:
     """OpenScene's 2D-3D ensemble: the distilled network predicts every point from geometry, and
     per point the feature (fused or predicted) with the higher best-class score is kept; points no
@@ -250,7 +250,7 @@ def ensemble_with_distilled(fused: FeatureCloud, ckpt: str, vocabulary: list[str
 
     pred = predict(ckpt, fused.cloud, tta=tta)
     if pred.features.shape[1] != fused.features.shape[1]:
-        raise InputError(ckpt, f"distilled model predicts {pred.features.shape[1]}-d features, "
+        raise InputError(getattr(ckpt, "source", ckpt), f"distilled model predicts {pred.features.shape[1]}-d features, "
                                f"the fused features are {fused.features.shape[1]}-d (another encoder?)")
     pred.encoder, pred.class_names = fused.encoder, fused.class_names
     pred.save(out / "distilled.npz")
@@ -267,6 +267,9 @@ def run(path: str, out_dir: str | Path, vocabulary: list[str], *, class_ids=None
     t0 = time.time()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if distilled:  # a bad checkpoint fails now, not after every view is computed
+        from .backbone.predict import load_model
+        distilled = load_model(distilled)
     scene = load_scene(path, cloud_path=cloud_path, max_views=max_views, plan_cache=out / "cache", **scene_kw)
     if view_encoder is None:
         from .encoders import view_encoder_from_args

@@ -15,6 +15,7 @@ import os
 import torch
 
 from ..errors import InputError
+from ..store import load_checkpoint
 from .model import MinkUNet, UNetSpec
 
 _PREFIXES = ("module.", "net3d.")
@@ -64,15 +65,14 @@ def convert_state_dict(me_state: dict[str, torch.Tensor]) -> dict[str, torch.Ten
     return out
 
 
-def convert_openscene_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """OpenScene / MinkowskiEngine checkpoint file -> state dict for :class:`MinkUNet`."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, ValueError) as exc:
-        raise InputError(path, f"cannot read checkpoint ({type(exc).__name__}: {exc})") from None
+def convert_openscene_checkpoint(path: str | os.PathLike, ckpt=None) -> dict[str, torch.Tensor]:
+    """OpenScene / MinkowskiEngine checkpoint file (or its loaded content) -> state dict for :class:`MinkUNet`."""
+    if ckpt is None:
+        ckpt = load_checkpoint(path, what="OpenScene checkpoint")
     state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict) or not any(str(k).endswith("conv0p1s1.kernel") for k in state):
-        raise InputError(path, "not a MinkowskiEngine MinkUNet checkpoint (no conv0p1s1.kernel)")
+        raise InputError(path, "neither a pc_ovseg distillation checkpoint nor an OpenScene/MinkowskiEngine "
+                               "MinkUNet checkpoint (no conv0p1s1.kernel)")
     return convert_state_dict(state)
 
 
@@ -88,9 +88,10 @@ def spec_from_state_dict(state: dict[str, torch.Tensor]) -> UNetSpec:
                     layers=tuple(layers), init_dim=w0.shape[2], init_kernel=round(w0.shape[0] ** (1 / 3)))
 
 
-def load_openscene(path: str | os.PathLike) -> MinkUNet:
-    """A ready :class:`MinkUNet` with an OpenScene checkpoint's weights (eval mode)."""
-    state = convert_openscene_checkpoint(path)
+def load_openscene(path: str | os.PathLike, state=None) -> MinkUNet:
+    """A ready :class:`MinkUNet` with an OpenScene checkpoint's weights (eval mode); ``state`` is
+    the file's already loaded content, when the caller has it."""
+    state = convert_openscene_checkpoint(path, state)
     model = MinkUNet(spec_from_state_dict(state))
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.endswith("num_batches_tracked")]

@@ -16,7 +16,8 @@ import torch
 from ..data import FeatureCloud, PointCloud
 from ..errors import InputError
 from .convert import load_openscene
-from .inputs import tta_transform, voxelize_scene
+from ..store import load_checkpoint
+from .inputs import input_channels, tta_transform, voxelize_scene
 from .model import MinkUNet, UNetSpec
 from .sparse import SparseTensor
 from .train import CKPT_FORMAT, select_device
@@ -39,18 +40,19 @@ def load_model(ckpt: str | os.PathLike | Distilled, *, voxel_size: float | None 
     if isinstance(ckpt, Distilled):
         return ckpt
     path = os.fspath(ckpt)
-    if not os.path.isfile(path):
-        raise InputError(path, "no such checkpoint file")
-    try:
-        ck = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # torch raises many types for foreign files
-        raise InputError(path, f"cannot read checkpoint ({type(exc).__name__})") from None
+    ck = load_checkpoint(path, what="distillation checkpoint")
     if isinstance(ck, dict) and ck.get("format") == CKPT_FORMAT:
-        model = MinkUNet(UNetSpec.from_dict(ck["spec"]))
-        model.load_state_dict(ck["model"])
-        return Distilled(model.eval(), voxel_size or ck["voxel_size"], ck["inputs"], ck.get("encoder", ""),
-                         ck.get("class_names"), path)
-    model = load_openscene(path)  # raises InputError when it is not one either
+        try:
+            model = MinkUNet(UNetSpec.from_dict(ck["spec"]))
+            model.load_state_dict(ck["model"])
+            if input_channels(ck["inputs"]) != model.spec.in_channels:
+                raise ValueError(f"inputs {ck['inputs']!r} do not match the model's {model.spec.in_channels} channels")
+            return Distilled(model.eval(), voxel_size or float(ck["voxel_size"]), ck["inputs"],
+                             ck.get("encoder", ""), ck.get("class_names"), path)
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise InputError(path, f"damaged pc_ovseg checkpoint ({type(exc).__name__}: "
+                                   f"{(str(exc).splitlines() or [''])[0][:160]})") from None
+    model = load_openscene(path, state=ck)  # raises InputError when it is not one either
     return Distilled(model, voxel_size or 0.02, "color", "", None, path)
 
 

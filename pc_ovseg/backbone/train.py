@@ -24,6 +24,7 @@ from torch.nn import functional as F
 
 from ..data import FeatureCloud
 from ..errors import InputError
+from ..store import load_checkpoint, save_checkpoint
 from .inputs import Augment, collate, input_channels, voxelize_scene
 from .model import MinkUNet, unet_spec
 from .sparse import SparseTensor
@@ -114,13 +115,17 @@ def distill(feature_clouds: Sequence[str | os.PathLike | FeatureCloud], out_ckpt
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     start_epoch, history, step = 0, [], 0
     if resume and out_ckpt.exists():
-        ck = torch.load(out_ckpt, map_location="cpu", weights_only=False)
-        if ck.get("format") != CKPT_FORMAT or ck["spec"] != spec.to_dict():
+        ck = load_checkpoint(out_ckpt, what="checkpoint to resume")
+        if not isinstance(ck, dict) or ck.get("format") != CKPT_FORMAT or ck.get("spec") != spec.to_dict():
             raise InputError(out_ckpt, "exists but was trained with another architecture or inputs; "
                              "remove it or choose another --out")
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        start_epoch, history, step = ck["epoch"], ck.get("history", []), ck.get("steps", 0)
+        try:
+            model.load_state_dict(ck["model"])
+            opt.load_state_dict(ck["optimizer"])
+            start_epoch, history, step = int(ck["epoch"]), list(ck.get("history", [])), int(ck.get("steps", 0))
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise InputError(out_ckpt, f"damaged checkpoint, cannot resume ({type(exc).__name__}); remove it "
+                                       "or pass --no-resume") from None
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda e: 0.5 * (1 + math.cos(math.pi * min(e, epochs) / max(epochs, 1))), last_epoch=start_epoch - 1)
     net = model
@@ -204,11 +209,9 @@ def _any_across(flag: bool, world: int, dev: torch.device) -> bool:
 
 
 def _save(path: Path, model, opt, spec, epoch: int, steps: int, history: list, meta: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"format": CKPT_FORMAT, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                "spec": spec.to_dict(), "epoch": epoch, "steps": steps, "history": history, **meta}, tmp)
-    os.replace(tmp, path)  # never leave a half-written checkpoint
+    """Plain data only (tensors, numbers, strings, lists, dicts): it reloads with weights_only."""
+    save_checkpoint({"format": CKPT_FORMAT, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                     "spec": spec.to_dict(), "epoch": epoch, "steps": steps, "history": history, **meta}, path)
 
 
 def write_loss_curve(history: list[dict], csv_path: Path, png_path: Path | None = None, size=(640, 360)) -> None:

@@ -22,6 +22,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import InputError, WeightsError
+from ..store import load_checkpoint
 from .base import ImageTextEncoder, l2_normalize, register_encoder
 
 log = logging.getLogger(__name__)
@@ -163,6 +164,7 @@ class ClipEncoder(ImageTextEncoder):
                 why = "offline and not in the local cache" if offline else str(exc).splitlines()[0][:200]
                 raise _weights_error(model, weights, model, why) from None
         if os.path.isfile(weights):
+            load_checkpoint(weights, what="CLIP checkpoint")  # refuse pickled code before open_clip reads the file
             try:
                 return open_clip.create_model(model, pretrained=weights, **kw)
             except Exception as exc:  # unreadable, or a state dict of another architecture

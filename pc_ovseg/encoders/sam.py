@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from functools import partial
 
 from ..errors import InputError, WeightsError
+from ..store import load_checkpoint
 
 SAM_URLS = {
     "vit_b": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth",
@@ -102,7 +103,6 @@ def infer_arch(sd: dict) -> SamArch:
 
 def load_sam(checkpoint: str | None, model: str = "auto", device: str = "cpu"):
     """A ``Sam`` in eval mode on ``device``; ``model`` is vit_b/vit_l/vit_h/tiny or auto (infer)."""
-    import torch
     if not checkpoint:
         raise WeightsError(
             "SAM masks need a checkpoint and none can be downloaded here: pass --sam-checkpoint FILE "
@@ -112,10 +112,7 @@ def load_sam(checkpoint: str | None, model: str = "auto", device: str = "cpu"):
                            f"(official files: {', '.join(SAM_URLS.values())})")
     if model not in ("auto", *SAM_ARCHS):
         raise InputError(None, f"unknown SAM model {model!r}; choose auto, {', '.join(SAM_ARCHS)}")
-    try:
-        sd = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise InputError(checkpoint, f"cannot read SAM checkpoint ({type(exc).__name__}: {str(exc)[:200]})") from None
+    sd = load_checkpoint(checkpoint, what="SAM checkpoint")
     if isinstance(sd, dict):
         for key in ("model", "state_dict"):
             if isinstance(sd.get(key), dict):

@@ -1,0 +1,110 @@
+"""Files on disk: one atomic writer, content digests for cache keys, and safe checkpoint loading.
+
+Every result, cache entry and checkpoint pc_ovseg writes goes through :func:`atomic_write`, so a
+killed run never leaves a torn file; every cache key that depends on an input uses
+:func:`digest` of its content, not its path; every ``.pt``/``.pth`` is read by
+:func:`load_checkpoint`, which never unpickles code.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import zipfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from .errors import InputError, check_input_path
+
+
+@contextmanager
+def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` (same extension, so ``np.savez`` adds none) that
+    replaces ``path`` only when the block finishes; missing parent folders are created."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_write(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_json(path: str | os.PathLike, obj, **kw) -> None:
+    write_text(path, json.dumps(obj, **{"indent": 2, "default": _json_default, **kw}))
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+def digest(*parts, length: int = 16) -> str:
+    """Hash of arrays (dtype, shape and every byte), strings and JSON-able values: a cache key
+    that changes when an input's content changes, whatever its path."""
+    h = hashlib.blake2b(digest_size=16)
+    for p in parts:
+        if isinstance(p, np.ndarray):
+            a = np.ascontiguousarray(p)
+            h.update(f"{a.dtype.str}{a.shape}".encode())
+            h.update(memoryview(a).cast("B") if a.size else b"")
+        elif isinstance(p, (bytes, bytearray)):
+            h.update(p)
+        else:
+            h.update(json.dumps(p, sort_keys=True, default=_json_default).encode())
+        h.update(b"\x00")
+    return h.hexdigest()[:length]
+
+
+# -- checkpoints ----------------------------------------------------------------------------------
+def load_checkpoint(path: str | os.PathLike, *, what: str = "checkpoint", mmap: bool = False):
+    """``torch.load`` that cannot run code: tensors, numbers, strings and containers only
+    (``weights_only=True``); a file holding any other Python object is refused, unexecuted.
+    TorchScript archives (OpenAI's CLIP files) hold no pickled code either and load as their
+    state dict."""
+    import pickle
+
+    import torch
+
+    p = check_input_path(path)
+    try:
+        return torch.load(p, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as exc:
+        bad = next((ln.strip() for ln in str(exc).splitlines() if "GLOBAL" in ln), "")
+        raise InputError(p, f"refused to load this {what}: it holds Python objects, not just tensors and "
+                            f"plain data ({bad or 'unsupported pickle content'}); pc_ovseg never unpickles code. "
+                            "Re-save it from trusted code as a state dict (torch.save(model.state_dict(), ...))"
+                         ) from None
+    except RuntimeError as exc:
+        if "TorchScript" in str(exc):
+            try:
+                return torch.jit.load(p, map_location="cpu").state_dict()
+            except Exception as exc2:  # noqa: BLE001 - a broken archive is bad input
+                raise InputError(p, f"cannot read {what} (TorchScript archive: {type(exc2).__name__})") from None
+        raise InputError(p, f"cannot read {what}: truncated or not a PyTorch file ({_first_line(exc)})") from None
+    except (EOFError, ValueError, OSError, zipfile.BadZipFile, AttributeError, TypeError) as exc:
+        raise InputError(p, f"cannot read {what}: truncated or not a PyTorch file ({type(exc).__name__})") from None
+
+
+def save_checkpoint(obj, path: str | os.PathLike) -> None:
+    """Atomic ``torch.save`` of plain data, so the result reloads through :func:`load_checkpoint`."""
+    import torch
+    with atomic_write(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).splitlines() or [type(exc).__name__])[0][:160]
