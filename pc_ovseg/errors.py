@@ -8,13 +8,24 @@ class PcOvsegError(Exception):
     """Base class: the CLI prints ``str(err)`` as one line and exits non-zero."""
 
 
+def shown_path(path: str) -> str:
+    """A path as messages print it: unchanged when printable, else repr-escaped (quoted), so a
+    newline or other control character in a file name cannot break the one-line rule."""
+    return path if path.isprintable() else repr(path)
+
+
 class InputError(PcOvsegError):
-    """A file or folder the user gave us is missing, malformed or inconsistent."""
+    """A file or folder the user gave us is missing, malformed or inconsistent.
+
+    ``path`` keeps the real path; the message shows it through ``shown_path``.
+    """
 
     def __init__(self, path: str | os.PathLike | None, problem: str):
         self.path = None if path is None else os.fspath(path)
+        if isinstance(self.path, bytes):
+            self.path = os.fsdecode(self.path)
         self.problem = " ".join(str(problem).split())  # keep it on one line
-        super().__init__(f"{self.path}: {self.problem}" if self.path else self.problem)
+        super().__init__(f"{shown_path(self.path)}: {self.problem}" if self.path else self.problem)
 
 
 class WeightsError(PcOvsegError):

@@ -109,8 +109,13 @@ def read_frames(path, *, layout: str | None = None) -> FrameSequence:
 WRITERS = {".ply": write_ply, ".las": write_las, ".laz": write_las, ".npz": write_npz}
 
 
-def write(path, cloud: PointCloud | Mesh, *, labels=None, scores=None, colors=None, extra=None) -> None:
-    """Write by extension: .ply (all fields, binary), .las/.laz (classification = labels), .npz."""
+def write(path, cloud: PointCloud | Mesh, *, labels=None, scores=None, colors=None, extra=None,
+          header: dict | None = None) -> None:
+    """Write by extension: .ply (all fields, binary), .las/.laz (classification = labels), .npz.
+
+    Input fields never share a name with what is written (``input_<name>``; docs/io.md). A result
+    ``header`` (pc_ovseg.export) is stored in the file and names the labels' field.
+    """
     p = os.fspath(path)
     fn = WRITERS.get(extension(p))
     if fn is None:
@@ -121,4 +126,4 @@ def write(path, cloud: PointCloud | Mesh, *, labels=None, scores=None, colors=No
     for name, a in (("labels", labels), ("scores", scores), ("colors", colors)):
         if a is not None and len(a) != n:
             raise ValueError(f"{name} has {len(a)} rows for {n} points")
-    fn(p, cloud, labels=labels, scores=scores, colors=colors, extra=extra)
+    fn(p, cloud, labels=labels, scores=scores, colors=colors, extra=extra, header=header)

@@ -17,6 +17,11 @@ from ..errors import InputError
 # Absolute coordinates above this (metres) are moved to a float64 origin: float32 has an ulp
 # of 0.49 mm at 4096 m, so below it millimetre precision is kept without an offset.
 ORIGIN_THRESHOLD = 4096.0
+# No real cloud spans more than this (metres) around its origin (the file's offset, or the
+# centre we choose): beyond it the bytes were misread (float64 read as float32, wrong layout).
+MAX_EXTENT = 1e7
+# Float fields under these names are class ids: NaN or fractions there are corruption.
+LABEL_FIELDS = ("label", "labels", "classification")
 
 
 @dataclass(frozen=True)
@@ -84,25 +89,31 @@ def choose_origin(xyz: np.ndarray) -> np.ndarray:
 
 
 def make_cloud(path: str, xyz: np.ndarray, *, rgb=None, normals=None, fields=None, origin=None,
-               grid_shape=None, relative: bool = False) -> PointCloud:
+               grid_shape=None, relative: bool = False, hint: str = "") -> PointCloud:
     """Validate and build a PointCloud: non-empty; finite unless organised; origin for big coordinates.
 
     ``relative=True`` means ``xyz`` is already relative to the given ``origin``.
     Organised clouds (``grid_shape`` set) keep their NaN points so the (H, W) grid stays intact;
-    unorganised clouds with NaN/Inf coordinates are rejected (they are corrupt, not sparse).
+    unorganised clouds with NaN/Inf coordinates are rejected (they are corrupt, not sparse), and so
+    is any cloud reaching beyond MAX_EXTENT from its origin, or with NaN / fractional class ids in
+    a float LABEL_FIELDS field. ``hint`` ends those messages (raw arrays: "check --layout").
     """
     n = len(xyz)
     if n == 0:
         raise InputError(path, "contains no points")
     finite = np.isfinite(xyz).all(1)
     if grid_shape is None and not finite.all():
-        raise InputError(path, f"{int((~finite).sum())} of {n} points have NaN/Inf coordinates")
+        raise InputError(path, f"{int((~finite).sum())} of {n} points have NaN/Inf coordinates{hint}")
     if grid_shape is not None and not finite.any():
         raise InputError(path, "organised cloud has no valid (finite) point")
     if origin is None:
         origin = choose_origin(xyz) if xyz.dtype == np.float64 else np.zeros(3)
     origin = np.asarray(origin, np.float64)
+    if origin.shape != (3,) or not np.isfinite(origin).all():
+        raise InputError(path, f"origin must be 3 finite numbers, got {origin.reshape(-1).tolist()[:6]}")
     local = (xyz.astype(np.float64) - origin) if origin.any() and not relative else xyz
+    _check_extent(path, local if finite.all() else local[finite], hint)
+    _check_label_fields(path, fields or {}, None if finite.all() else finite)
     # arrays viewed straight from file bytes are read-only; callers expect ordinary arrays
     fields = {k: (v if v.flags.writeable else v.copy()) for k, v in (fields or {}).items()}
     try:
@@ -110,6 +121,30 @@ def make_cloud(path: str, xyz: np.ndarray, *, rgb=None, normals=None, fields=Non
                           source=path)
     except ValueError as exc:
         raise InputError(path, str(exc)) from None
+
+
+def _check_extent(path: str, local: np.ndarray, hint: str) -> None:
+    """Refuse coordinates no survey has: the signature of bytes read with the wrong dtype/layout."""
+    if not len(local) or local.dtype.kind not in "fiu":
+        return
+    reach = float(max(local.max(), -local.min()))
+    if reach > MAX_EXTENT:
+        raise InputError(path, f"implausible coordinates: {reach:.3g} m from the origin (more than "
+                               f"{MAX_EXTENT:g} m): {hint.strip(' ()') or 'corrupt data, or the wrong dtype/layout?'}")
+
+
+def _check_label_fields(path: str, fields: dict, valid) -> None:
+    """Class ids stored as floats must be whole numbers: NaN would silently become 'ignored'."""
+    for k in LABEL_FIELDS:
+        v = fields.get(k)
+        if v is None or v.dtype.kind != "f":
+            continue
+        v = v if valid is None or len(v) != len(valid) else v[valid]
+        nonfinite = ~np.isfinite(v)
+        frac = np.abs(v[~nonfinite] - np.rint(v[~nonfinite])) > 1e-3
+        if nonfinite.any() or frac.any():
+            raise InputError(path, f"field {k!r} must hold one integer per point (class ids); "
+                                   f"{int(nonfinite.sum())} are NaN/Inf, {int(frac.sum())} fractional")
 
 
 def exc_text(exc: BaseException, limit: int = 160) -> str:
@@ -138,12 +173,25 @@ def count_summary(values: np.ndarray) -> dict[str, int]:
     return {str(int(a)): int(b) for a, b in zip(u, c)}
 
 
-def output_fields(cloud: PointCloud, labels=None, scores=None, extra=None, *, label_name: str = "label") -> dict:
-    """The per-point fields a writer stores: the cloud's own, then labels/scores/extra on top."""
-    fields = dict(cloud.fields)
+INPUT_PREFIX = "input_"
+
+
+def output_fields(cloud: PointCloud, labels=None, scores=None, extra=None, *, label_name: str = "label",
+                  colors=None) -> dict:
+    """The per-point fields a writer stores: the cloud's own, then labels/scores/extra on top.
+
+    What is written never shares a name with what the input carried: a cloud field that a
+    prediction, score or extra field would take is kept as ``input_<name>`` (a ground-truth
+    ``label`` must never be read back as the prediction), and when ``colors`` replace the display
+    colour, the cloud's own colour is kept as ``input_red/input_green/input_blue``.
+    """
+    written = dict(extra or {})
     if labels is not None:
-        fields[label_name] = np.asarray(labels)
+        written[label_name] = np.asarray(labels)
     if scores is not None:
-        fields["score"] = np.asarray(scores, np.float32)
-    fields.update(extra or {})
+        written["score"] = np.asarray(scores, np.float32)
+    fields = {(INPUT_PREFIX + k if k in written else k): v for k, v in cloud.fields.items()}
+    if colors is not None and cloud.rgb is not None:
+        fields.update({INPUT_PREFIX + c: cloud.rgb[:, i] for i, c in enumerate(("red", "green", "blue"))})
+    fields.update(written)
     return fields

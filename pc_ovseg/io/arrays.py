@@ -43,7 +43,11 @@ def parse_layout(layout: str, ncols: int, path: str) -> list[str]:
     return cols
 
 
-def cloud_from_table(path: str, table: np.ndarray, layout: str | None) -> PointCloud:
+_LAYOUT_HINT = " (wrong dtype or layout? check --layout)"
+_BIN_HINT = " (wrong dtype or layout? check --layout, and that the .bin holds little-endian float32)"
+
+
+def cloud_from_table(path: str, table: np.ndarray, layout: str | None, hint: str = _LAYOUT_HINT) -> PointCloud:
     if table.ndim != 2:
         raise InputError(path, f"expected an (N, k) array, got shape {table.shape}")
     if table.dtype.kind not in "iuf":
@@ -68,7 +72,7 @@ def cloud_from_table(path: str, table: np.ndarray, layout: str | None) -> PointC
         if k == "label" and v.dtype.kind == "f":
             v = v.astype(np.int64) if np.all(v == np.round(v)) else v
         fields[k] = np.ascontiguousarray(v)
-    return make_cloud(path, xyz, rgb=rgb, fields=_sibling_labels(path, len(xyz), fields))
+    return make_cloud(path, xyz, rgb=rgb, fields=_sibling_labels(path, len(xyz), fields), hint=hint)
 
 
 def _sibling_labels(path: str, n: int, fields: dict) -> dict:
@@ -114,7 +118,7 @@ def read_bin(path: str, layout=None) -> PointCloud:
     if size % (4 * ncols):
         raise InputError(path, f"size {size} bytes is not a whole number of {ncols}-column float32 rows")
     table = np.fromfile(path, "<f4").reshape(-1, ncols)
-    return cloud_from_table(path, table, layout)
+    return cloud_from_table(path, table, layout, _BIN_HINT)
 
 
 def read_npz(path: str, layout=None) -> PointCloud:
@@ -165,15 +169,21 @@ register("bin", "cloud", exts=(".bin",))(read_bin)
 register("npz", "cloud", exts=(".npz",))(read_npz)
 
 
-def write_npz(path, cloud: PointCloud, *, labels=None, scores=None, colors=None, extra=None) -> None:
-    """xyz (local float32), origin, rgb, normals and ``field.NAME`` arrays, uncompressed."""
+def write_npz(path, cloud: PointCloud, *, labels=None, scores=None, colors=None, extra=None,
+              header: dict | None = None) -> None:
+    """xyz (local float32), origin, rgb, normals and ``field.NAME`` arrays, uncompressed; a result
+    ``header`` (pc_ovseg.export) as JSON bytes under ``header``, naming the labels' field."""
     arrays = {"xyz": cloud.xyz, "origin": cloud.origin}
     rgb = cloud.rgb if colors is None else PointCloud(cloud.xyz, colors).rgb
     if rgb is not None:
         arrays["rgb"] = rgb
     if cloud.normals is not None:
         arrays["normals"] = cloud.normals
-    fields = output_fields(cloud, labels, scores, extra)
+    if header is not None:
+        import json
+        arrays["header"] = np.frombuffer(json.dumps(header).encode(), np.uint8)
+    fields = output_fields(cloud, labels, scores, extra, colors=colors,
+                           label_name=(header or {}).get("pred_field", "label"))
     for k, v in fields.items():
         v = np.asarray(v)
         if len(v) != len(cloud):
@@ -211,8 +221,12 @@ def _labels_txt(path):
         a = np.array(toks, dtype=np.float64) if toks else np.zeros(0)
     except ValueError:
         raise InputError(path, "labels .txt must hold one integer per line") from None
+    if not np.isfinite(a).all():
+        raise InputError(path, f"labels .txt holds {int((~np.isfinite(a)).sum())} NaN/Inf values")
     if len(a) and not np.all(a == np.round(a)):
         raise InputError(path, "labels .txt holds non-integer values")
+    if len(a) and np.abs(a).max() >= 2 ** 31:
+        raise InputError(path, f"labels .txt holds {np.abs(a).max():.3g}, out of range for a class id")
     return a.astype(np.int64)
 
 

@@ -61,27 +61,42 @@ def read_las(path: str, layout=None) -> PointCloud:
 register("las", "cloud", exts=(".las", ".laz"))(read_las)
 
 
+#: VLR holding a result header (pc_ovseg.export) as JSON.
+RESULT_VLR = ("pc_ovseg", 1)
+#: LAS 1.0-1.3 ``scan_angle_rank`` (whole degrees) -> LAS 1.4 ``scan_angle`` (0.006 degree steps)
+_SCAN_ANGLE_STEP = 0.006
+
+
 def write_las(path, cloud: PointCloud, *, labels=None, scores=None, colors=None, extra=None,
-              scale=0.001, offset=None) -> None:
+              scale=0.001, offset=None, header: dict | None = None) -> None:
     """LAS 1.4 (LAZ when the name ends in .laz): classification from ``labels`` (0..255),
-    RGB, and fields named like LAS dimensions (intensity, ...); others become extra bytes.
+    RGB, and fields named like LAS dimensions (intensity, classification, scan angle, ...) in
+    those dimensions; others become extra bytes.
 
     Coordinates are stored as integers ``round((world - offset) / scale)``; by default the
     offset is the cloud's origin and the scale 1 mm. Pass a source file's scale/offset to keep
-    its quantisation exactly.
+    its quantisation exactly. A result ``header`` goes in a VLR (RESULT_VLR, JSON) and names the
+    labels' dimension (``pred_field``): an extra-bytes one keeps the input's classification.
     """
+    import json
+
     import laspy
     path = os.fspath(path)
     rgb = cloud.rgb if colors is None else PointCloud(cloud.xyz, colors).rgb
-    header = laspy.LasHeader(point_format=7 if rgb is not None else 6, version="1.4")
+    las_header = laspy.LasHeader(point_format=7 if rgb is not None else 6, version="1.4")
     scales = np.broadcast_to(np.asarray(scale, np.float64), (3,)).copy()
     offsets = cloud.origin.copy() if offset is None else np.asarray(offset, np.float64).reshape(3)
     if not (scales > 0).all():
         raise ValueError(f"LAS scale must be > 0, got {scales.tolist()}")
-    header.offsets = offsets
-    header.scales = scales
-    las = laspy.LasData(header)
-    fields = output_fields(cloud, labels, scores, extra, label_name="classification")
+    las_header.offsets = offsets
+    las_header.scales = scales
+    if header is not None:
+        las_header.vlrs.append(laspy.VLR(user_id=RESULT_VLR[0], record_id=RESULT_VLR[1],
+                                         description="pc_ovseg result (JSON)",
+                                         record_data=json.dumps(header).encode()))
+    las = laspy.LasData(las_header)
+    fields = output_fields(cloud, labels, scores, extra, colors=colors,
+                           label_name=(header or {}).get("pred_field", "classification"))
     # integers from the local values: with offset == origin the origin never enters the sum
     ints = np.round((cloud.xyz.astype(np.float64) + (cloud.origin - offsets)) / scales)
     if len(ints) and np.abs(ints).max() >= 2 ** 31:
@@ -91,6 +106,9 @@ def write_las(path, cloud: PointCloud, *, labels=None, scores=None, colors=None,
         c = rgb.astype(np.uint16) * 257  # 8-bit -> full 16-bit range, >> 8 gives it back exactly
         las.red, las.green, las.blue = c[:, 0], c[:, 1], c[:, 2]
     std = set(las.point_format.dimension_names)
+    if "scan_angle_rank" in fields and "scan_angle" not in fields:
+        rank = np.asarray(fields.pop("scan_angle_rank"), np.float64)
+        fields["scan_angle"] = np.round(rank / _SCAN_ANGLE_STEP).astype(np.int16)
     for name, a in fields.items():
         a = np.asarray(a)
         if name in _SKIP:

@@ -18,6 +18,7 @@ from ._common import check_file, make_cloud, read_bytes, register, rgb_from_pack
 _TYPES = {("F", 4): "f4", ("F", 8): "f8", ("I", 1): "i1", ("I", 2): "i2", ("I", 4): "i4", ("I", 8): "i8",
           ("U", 1): "u1", ("U", 2): "u2", ("U", 4): "u4", ("U", 8): "u8"}
 LZF_MAX_RATIO = 90  # one 3-byte LZF back reference yields at most 264 bytes
+MAX_COUNT = 1 << 20  # values per field per point (PCL descriptors use a few hundred)
 _KEYS = ("VERSION", "FIELDS", "SIZE", "TYPE", "COUNT", "WIDTH", "HEIGHT", "VIEWPOINT", "POINTS", "DATA")
 
 
@@ -57,6 +58,10 @@ def _dtype(path: str, head: dict) -> tuple[np.dtype, list[str], int, int]:
         points = int(head.get("POINTS", [width * height])[0])
         fields = []
         for i, (n, s, t, c) in enumerate(zip(names, head["SIZE"], head["TYPE"], count)):
+            if int(s) <= 0 or int(c) <= 0:  # COUNT 0 would otherwise read as 1
+                raise InputError(path, f"PCD field {n!r} has a non-positive SIZE/COUNT ({s}/{c})")
+            if int(c) > MAX_COUNT:
+                raise InputError(path, f"PCD field {n!r} has an implausible COUNT {c} (at most {MAX_COUNT})")
             code = _TYPES[(t.upper(), int(s))]
             fields.append((n if n != "_" else f"_pad{i}", "<" + code, (int(c),) if int(c) > 1 else ()))
     except (ValueError, IndexError):
@@ -83,15 +88,27 @@ def parse_pcd(path: str) -> tuple[np.ndarray, int, int]:
     if kind == "ascii":
         arr = _ascii(path, data[pos:], dt, n)
     elif kind == "binary":
-        need = dt.itemsize * n
-        if len(data) - pos < need:
-            raise InputError(path, f"truncated PCD: {n} points need {need} bytes, file has {len(data) - pos}")
+        need, have = dt.itemsize * n, len(data) - pos
+        if have < need:
+            raise InputError(path, f"truncated PCD: header says {n} points but the data holds "
+                                   f"{have // dt.itemsize} ({need} bytes needed, {have} left)")
+        _check_tail(path, data[pos + need:], n, dt.itemsize)
         arr = np.frombuffer(data, dt, n, pos)
     elif kind == "binary_compressed":
         arr = _compressed(path, data, pos, dt, n)
     else:
         raise InputError(path, f"unknown PCD DATA kind {kind!r}")
     return arr, width, height
+
+
+def _check_tail(path: str, tail: bytes, n: int, record: int) -> None:
+    """Bytes after the declared points mean POINTS is wrong (whole records) or the file is not
+    what the header says; a little NUL/whitespace padding is tolerated."""
+    if not tail or (len(tail) < record and not tail.strip(b"\0 \t\r\n")):
+        return
+    if len(tail) % record == 0:
+        raise InputError(path, f"PCD header says {n} points but the data holds {n + len(tail) // record}")
+    raise InputError(path, f"PCD has {len(tail)} bytes after its {n} points: header and data disagree")
 
 
 def _ascii(path: str, body: bytes, dt: np.dtype, n: int) -> np.ndarray:
@@ -158,6 +175,8 @@ def read_pcd(path: str, layout=None) -> PointCloud:
     names = list(arr.dtype.names)
     if not {"x", "y", "z"} <= set(names):
         raise InputError(path, "PCD has no x, y, z fields")
+    if any(arr[a].ndim != 1 for a in "xyz"):
+        raise InputError(path, "PCD x, y, z fields must be single values (COUNT 1)")
     xyz = np.stack([arr["x"], arr["y"], arr["z"]], 1)
     used = {"x", "y", "z"}
     rgb = None

@@ -65,14 +65,19 @@ def _parse_header(path: str, data: bytes):
                 count = int(tok[2])
                 if count < 0:
                     raise ValueError
+                if any(e.name == tok[1] for e in elements):
+                    raise InputError(path, f"PLY header repeats element {tok[1]!r}")
                 elements.append(_Element(tok[1], count))
             elif key == "property":
                 if not elements:
                     raise InputError(path, "PLY property before any element")
                 if tok[1] == "list":
-                    elements[-1].props.append((tok[4], PLY_TYPES[tok[3]], PLY_TYPES[tok[2]]))
+                    prop = (tok[4], PLY_TYPES[tok[3]], PLY_TYPES[tok[2]])
                 else:
-                    elements[-1].props.append((tok[2], PLY_TYPES[tok[1]], None))
+                    prop = (tok[2], PLY_TYPES[tok[1]], None)
+                if any(q[0] == prop[0] for q in elements[-1].props):  # a dict would keep only one
+                    raise InputError(path, f"PLY element {elements[-1].name!r} repeats property {prop[0]!r}")
+                elements[-1].props.append(prop)
             elif key == "comment" and len(tok) > 1 and tok[1] == _META:
                 comments.append(ln.split(None, 2)[2])
         except (IndexError, ValueError):
@@ -84,20 +89,44 @@ def _parse_header(path: str, data: bytes):
     return fmt, elements, comments, body_start
 
 
+def _rows(el, n=None) -> str:
+    """'3 vertices' / '1 faces' / "2 'edge' rows": how messages count an element's records."""
+    n = el.count if n is None else n
+    return f"{n} " + {"vertex": "vertices", "face": "faces"}.get(el.name, f"{el.name!r} rows")
+
+
+def _check_tail(path, data, pos, el, record):
+    """Bytes after the last element mean the header's counts are wrong: whole records are points
+    the header does not declare (or a count off by some), anything else is junk. A few NUL or
+    whitespace bytes of padding are tolerated."""
+    tail = len(data) - pos
+    if not tail or (not data[pos:].strip(b"\0 \t\r\n") and (not record or tail < record)):
+        return
+    if el is not None and record and tail % record == 0:
+        raise InputError(path, f"PLY header says {_rows(el)} but the data holds {_rows(el, el.count + tail // record)}")
+    raise InputError(path, f"PLY has {tail} bytes after its last element"
+                           f"{f' {el.name!r}' if el is not None else ''}: header counts disagree with the data")
+
+
 def _read_binary(path, data, fmt, elements, pos):
     bo = "<" if fmt == "binary_little_endian" else ">"
     out = {}
+    last = record = None
     for el in elements:
+        last = el
         if not el.has_list:
             dt = np.dtype([(n, bo + t) for n, t, _ in el.props])
+            record = dt.itemsize
             need = dt.itemsize * el.count
             if pos + need > len(data):
-                raise InputError(path, f"truncated PLY: element {el.name!r} needs {need} bytes, "
-                                       f"{len(data) - pos} left")
+                held = (len(data) - pos) // dt.itemsize if dt.itemsize else 0
+                raise InputError(path, f"truncated PLY: header says {_rows(el)} but the data holds {held} "
+                                       f"({need} bytes needed, {len(data) - pos} left)")
             out[el.name] = np.frombuffer(data, dt, el.count, pos)
             pos += need
             continue
         # uniform lists (all triangles, say): one structured read, then verify the counts
+        record = None
         dt0 = np.dtype([(n, bo + (c or t)) for n, t, c in el.props])  # lengths read as scalars
         if el.count == 0:
             out[el.name] = {n: np.zeros((0, 3), t) for n, t, c in el.props}
@@ -109,6 +138,9 @@ def _read_binary(path, data, fmt, elements, pos):
         for n, t, c in el.props:
             if c:
                 k = int(first[n])
+                if k < 0 or k * np.dtype(t).itemsize > len(data) - pos:
+                    raise InputError(path, f"PLY list {n!r} of element {el.name!r} has list length {k} "
+                                           f"({len(data) - pos} bytes left)")
                 fields += [("_n_" + n, bo + c), (n, bo + t, (k,))]
             else:
                 fields.append((n, bo + t))
@@ -120,8 +152,10 @@ def _read_binary(path, data, fmt, elements, pos):
         if not uniform or sum(1 for p in el.props if p[2]) > 1:
             return None  # variable-length or several lists (or a truncated file): let plyfile decide
         out[el.name] = arr
+        record = dt.itemsize
         pos += need
-    return out  # trailing bytes are tolerated (some writers pad)
+    _check_tail(path, data, pos, last, record)
+    return out
 
 
 def _read_ascii(path, data, elements, pos):
@@ -130,8 +164,7 @@ def _read_ascii(path, data, elements, pos):
     for el in elements:
         chunk = lines[row:row + el.count]
         if len(chunk) < el.count:
-            raise InputError(path, f"truncated PLY: element {el.name!r} declares {el.count} rows, "
-                                   f"file has {len(chunk)}")
+            raise InputError(path, f"truncated PLY: header says {_rows(el)} but the data holds {len(chunk)}")
         row += el.count
         if el.count == 0:
             out[el.name] = {n: np.zeros(0, t) for n, t, _ in el.props}
@@ -155,6 +188,8 @@ def _read_ascii(path, data, elements, pos):
         for n, t, lc in el.props:
             if lc:
                 k = int(table[0, c])
+                if k < 0:
+                    raise InputError(path, f"PLY list {n!r} of element {el.name!r} has list length {k}")
                 if not np.all(table[:, c] == k):
                     return None
                 cols[n] = table[:, c + 1:c + 1 + k].astype(t)
@@ -167,6 +202,12 @@ def _read_ascii(path, data, elements, pos):
         if c != width:
             raise InputError(path, f"PLY element {el.name!r} has {width} values per row, header says {c}")
         out[el.name] = cols
+    if row < len(lines):  # rows beyond the declared counts: the header's count is wrong
+        last = elements[-1] if elements else None
+        if last is None:
+            raise InputError(path, f"PLY declares no element but holds {len(lines) - row} data rows")
+        raise InputError(path, f"PLY header says {_rows(last)} but the data holds "
+                               f"{_rows(last, last.count + len(lines) - row)}")
     return out
 
 
@@ -233,6 +274,19 @@ def parse_ply(path: str) -> dict:
     return {"elements": out, "meta": meta}
 
 
+def _field_spec(path, spec) -> tuple[str, list[int], np.dtype]:
+    """A ``comment pc_ovseg field`` entry, checked: it retypes data, so a hostile one could turn a
+    property into objects or strings."""
+    try:
+        name, shape, dtype = str(spec["name"]), [int(k) for k in spec.get("shape", [])], np.dtype(spec["dtype"])
+    except (TypeError, ValueError, KeyError, AttributeError):
+        raise InputError(path, f"bad pc_ovseg field comment {json.dumps(spec)[:80]}") from None
+    if dtype.kind not in "biuf" or any(k <= 0 for k in shape):
+        raise InputError(path, f"pc_ovseg field comment for {name!r} gives dtype {dtype.str!r} shape {shape} "
+                               f"(numeric fields only)")
+    return name, shape, dtype
+
+
 def read_ply(path: str, layout=None) -> PointCloud | Mesh:
     """A PLY with a face element is a Mesh, otherwise a PointCloud; extra properties -> fields."""
     path = os.fspath(path)
@@ -258,7 +312,7 @@ def read_ply(path: str, layout=None) -> PointCloud | Mesh:
         used |= {"nx", "ny", "nz"}
     fields = {}
     for spec in meta.get("field", []):          # grouped / retyped fields written by pc_ovseg
-        name, shape, dtype = spec["name"], spec.get("shape", []), spec["dtype"]
+        name, shape, dtype = _field_spec(path, spec)
         cols = [f"{name}_{i}" for i in range(int(np.prod(shape)))] if shape else [name]
         if set(cols) <= set(names):
             arr = np.stack([np.asarray(v[c]) for c in cols], 1) if shape else np.asarray(v[name])
@@ -310,12 +364,35 @@ def _ply_dtype(a: np.ndarray) -> tuple[np.ndarray, str]:
     return a, code
 
 
-def write_ply(path, cloud: PointCloud | Mesh, *, labels=None, scores=None, colors=None, extra=None) -> None:
+#: RPly (Open3D, many C tools) rejects header lines of 1024 characters or more.
+_MAX_COMMENT = 1000
+
+
+def result_comments(header: dict) -> list[str]:
+    """A result header (pc_ovseg.export) as ``pc_ovseg result`` / ``pc_ovseg class`` comments:
+    one class per line keeps every line short enough for RPly; a class's prompts are left out
+    of its line when they would make it too long."""
+    head = {k: v for k, v in header.items() if k != "classes"}
+    lines = [f"{_META} result {json.dumps(head)}"]
+    for c in header.get("classes", []):
+        line = f"{_META} class {json.dumps(c)}"
+        if len(line) > _MAX_COMMENT:
+            line = f"{_META} class {json.dumps({k: v for k, v in c.items() if k != 'prompts'})}"
+        lines.append(line)
+    if max(map(len, lines)) > _MAX_COMMENT:
+        raise ValueError("result header does not fit in PLY comment lines (class name too long?)")
+    return lines
+
+
+def write_ply(path, cloud: PointCloud | Mesh, *, labels=None, scores=None, colors=None, extra=None,
+              header: dict | None = None) -> None:
     """Binary little-endian PLY with xyz, normals, colour, label, score and every field.
 
     Coordinates are float32 local values when the origin is zero, else float64 world values
     (so other tools see the true position); the origin, an organised grid's (H, W) and fields'
-    original dtypes/shapes go in ``comment pc_ovseg ...`` lines for an exact read back.
+    original dtypes/shapes go in ``comment pc_ovseg ...`` lines for an exact read back. A result
+    ``header`` (which field is the prediction, the label set) goes in comments too, and names the
+    labels' property (``pred_field``, default ``label``).
     """
     path = os.fspath(path)
     mesh = cloud if isinstance(cloud, Mesh) else None
@@ -337,7 +414,10 @@ def write_ply(path, cloud: PointCloud | Mesh, *, labels=None, scores=None, color
     rgb = cloud.rgb if colors is None else PointCloud(cloud.xyz, colors).rgb
     if rgb is not None:
         cols += [(a, rgb[:, i], "u1") for i, a in enumerate(("red", "green", "blue"))]
-    fields = output_fields(cloud, labels, scores, extra)
+    fields = output_fields(cloud, labels, scores, extra, colors=colors,
+                           label_name=(header or {}).get("pred_field", "label"))
+    if header is not None:
+        comments += result_comments(header)
     reserved = {c[0] for c in cols}
     for name, a in fields.items():
         a = np.asarray(a)

@@ -84,6 +84,10 @@ def load_depth(path: str, scale: float, invalid=(0,)) -> np.ndarray:
         raise InputError(path, f"depth must be a 2D image, got shape {raw.shape}")
     if raw.dtype == np.uint8:
         raise InputError(path, "depth is 8-bit (a colour/preview image?); expected 16-bit or float depth")
+    if raw.dtype == bool:  # PIL mode '1': a mask, not a measurement
+        raise InputError(path, "depth is 1-bit (a mask?); expected 16-bit or float depth")
+    if raw.dtype.kind not in "uif":
+        raise InputError(path, f"depth must hold numbers (16-bit or float), got dtype {raw.dtype}")
     bad = ~np.isfinite(raw) if raw.dtype.kind == "f" else np.zeros(raw.shape, bool)
     for v in invalid:
         bad |= raw == v
