@@ -50,22 +50,28 @@ def heat_colors(values: np.ndarray) -> np.ndarray:
     return out
 
 
-def save_legend(path, names: list[str], colors: np.ndarray | None = None, title: str | None = None) -> None:
-    """A small PNG legend: one colour swatch and name per class."""
+def save_legend(path, names: list[str], colors: np.ndarray | None = None, title: str | None = None, *,
+                counts=None, unseen: int | None = None) -> None:
+    """A small PNG legend: one colour swatch and name per class, with its point count when
+    ``counts`` is given, and an "unseen" swatch (UNSEEN_RGB) with ``unseen`` points."""
     from PIL import Image, ImageDraw
 
     colors = palette(len(names)) if colors is None else colors
+    rows = list(zip(names, colors, [None] * len(names) if counts is None else [int(k) for k in counts]))
+    if unseen is not None:
+        rows.append(("unseen", UNSEEN_RGB, int(unseen)))
+    texts = [n if k is None else f"{n}  {k:,}" for n, _, k in rows]
     row, pad = 22, 8
-    width = 40 + 8 * max([len(n) for n in names] + [len(title or "")] + [10])
-    height = pad * 2 + row * (len(names) + (1 if title else 0))
+    width = 40 + 8 * max([len(t) for t in texts] + [len(title or "")] + [10])
+    height = pad * 2 + row * (len(rows) + (1 if title else 0))
     img = Image.new("RGB", (width, height), (255, 255, 255))
     d = ImageDraw.Draw(img)
     y = pad
     if title:
         d.text((pad, y + 4), title, fill=(0, 0, 0))
         y += row
-    for name, c in zip(names, colors):
+    for text, (_, c, _) in zip(texts, rows):
         d.rectangle([pad, y + 3, pad + 16, y + 19], fill=tuple(int(x) for x in c), outline=(0, 0, 0))
-        d.text((pad + 24, y + 6), name, fill=(0, 0, 0))
+        d.text((pad + 24, y + 6), text, fill=(0, 0, 0))
         y += row
     img.save(path)

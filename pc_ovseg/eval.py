@@ -48,7 +48,8 @@ class LabelSet:
 
     ``class_names[i]`` is the name of label id ``i``; ``"ignore"`` (or an id in ``ignore_ids``)
     marks ids that are not evaluated. ``raw_map`` maps a dataset's raw ids (NYU40 ids, SemanticKITTI
-    .label ids, ...) to these ids for :func:`remap_labels`.
+    .label ids, ...) to these ids for :func:`remap_labels`; ``raw_inverse`` picks the raw id each id
+    is written back as (:meth:`to_raw`; by default the smallest raw id that maps to it).
     """
 
     name: str
@@ -59,6 +60,7 @@ class LabelSet:
     description: str = ""
     raw_map: dict[int, int] | None = None
     raw_names: list[str] | None = None
+    raw_inverse: dict[int, int] | None = None
     source: str = ""
     citation: str = ""
     path: str | None = None
@@ -66,11 +68,13 @@ class LabelSet:
     def __post_init__(self):
         self.class_names = [str(n).strip() for n in self.class_names]
         self.ignore_ids = tuple(sorted({int(i) for i in self.ignore_ids}))
-        for n in self.names:
+        from collections import Counter
+        names = self.names  # a property that walks every class: once, not per name
+        for n in names:
             self.prompts.setdefault(n, [n])
-        dup = {n for n in self.names if self.names.count(n) > 1}
+        dup = sorted(n for n, k in Counter(names).items() if k > 1)
         if dup:
-            raise InputError(self.path, f"label set {self.name!r} repeats class names: {', '.join(sorted(dup))}")
+            raise InputError(self.path, f"label set {self.name!r} repeats class names: {', '.join(dup)}")
 
     @property
     def ignored(self) -> np.ndarray:
@@ -124,6 +128,25 @@ class LabelSet:
                 return int(i)
         return None
 
+    def vocabulary(self) -> "Vocabulary":
+        """The query texts of the evaluated classes (first prompts), carrying this label set."""
+        return Vocabulary(self)
+
+    def to_raw(self, ids: np.ndarray, *, default: int = 0) -> np.ndarray:
+        """Label ids -> the dataset's raw ids (benchmark files: NYU40 ids, SemanticKITTI .label ids).
+
+        The inverse of ``raw_map``: ``raw_inverse`` where given, else the smallest raw id mapping to
+        the id (the official evaluators map raw ids through ``raw_map`` again, so any one is right).
+        Ids without a raw id (-1 = unseen) become ``default``.
+        """
+        if self.raw_map is None:
+            raise InputError(self.path, f"label set {self.name!r} has no raw ids to write benchmark files with")
+        inv: dict[int, int] = {}
+        for raw, i in sorted(self.raw_map.items(), reverse=True):
+            inv[i] = raw
+        inv.update(self.raw_inverse or {})
+        return remap_labels(ids, inv, default=default)
+
     def eval_names(self) -> list[str]:
         """class_names with every non-evaluated id spelled ``"ignore"`` (the --classes convention)."""
         ign = self.ignored
@@ -137,6 +160,8 @@ class LabelSet:
             d["raw_map"] = {str(k): v for k, v in self.raw_map.items()}
         if self.raw_names is not None:
             d["raw_names"] = self.raw_names
+        if self.raw_inverse is not None:
+            d["raw_inverse"] = {str(k): v for k, v in self.raw_inverse.items()}
         return d
 
     @classmethod
@@ -154,10 +179,12 @@ class LabelSet:
             if d.get("raw_map") is not None:
                 raw_map = {**(raw_map or {}), **{int(k): int(v) for k, v in d["raw_map"].items()}}
             prompts = {str(k): [str(p) for p in v] for k, v in (d.get("prompts") or {}).items()}
+            raw_inverse = {int(k): int(v) for k, v in d["raw_inverse"].items()} if d.get("raw_inverse") else None
             return cls(name=str(d.get("name") or Path(path or "custom").stem), class_names=list(names),
                        prompts=prompts, ignore_ids=tuple(d.get("ignore_ids") or ()),
                        title=str(d.get("title", "")), description=str(d.get("description", "")),
-                       raw_map=raw_map, raw_names=d.get("raw_names"), source=str(d.get("source", "")),
+                       raw_map=raw_map, raw_names=d.get("raw_names"), raw_inverse=raw_inverse,
+                       source=str(d.get("source", "")),
                        citation=str(d.get("citation", "")), path=path)
         except KeyError as exc:
             raise InputError(path, f"label set has no {exc.args[0]!r} entry") from None
@@ -167,6 +194,16 @@ class LabelSet:
     @classmethod
     def from_names(cls, names: Sequence[str], name: str = "custom") -> "LabelSet":
         return cls(name=name, class_names=list(names))
+
+
+class Vocabulary(list):
+    """A label set's query texts (each class's first prompt) that keep the label set itself, so
+    what is labelled from them stores class names, ids, prompts and codes (``pipeline.run`` and
+    the 2D-3D ensemble take it as the plain list of texts)."""
+
+    def __init__(self, labelset: LabelSet):
+        super().__init__(labelset.prompt_names())
+        self.labelset = labelset
 
 
 def _labelset_files() -> dict[str, Path]:
@@ -424,17 +461,19 @@ def evaluate(pred, gt, class_names: "Sequence[str] | LabelSet", *, ignore_ids: S
 # --- reading per-point labels -------------------------------------------------------------------
 
 LABEL_FILE_EXTS = (".npy", ".label", ".txt")
-# Per-point fields tried, in order, when none is named: PLY 'label', LAS 'classification', ...
+# Per-point fields that can hold labels: PLY 'label', LAS 'classification', ...
 LABEL_FIELDS = ("label", "labels", "classification", "class", "semantic", "semantic_label", "scalar_label",
                 "category_id", "pred", "prediction")
 
 
-def read_point_labels(path: str | os.PathLike, field: str | None = None) -> np.ndarray:
+def read_point_labels(path: str | os.PathLike, field: str | None = None, *,
+                      flag: str = "--pred-field/--gt-field") -> np.ndarray:
     """One integer label per point from a label file (.npy/.label/.txt) or a cloud's field.
 
     Clouds and label files are read by pc_ovseg.io (read_cloud / read_labels). ``field`` names the
-    per-point field of a cloud (``label`` in PLY, ``classification`` in LAS); by default the first
-    of LABEL_FIELDS the cloud has.
+    per-point field of a cloud (``label`` in PLY, ``classification`` in LAS); by default the one
+    field of LABEL_FIELDS the cloud has. A cloud with several (a ground-truth ``label`` beside a
+    ``classification``) is refused rather than guessed: name one with ``flag``.
     """
     from .errors import check_input_path
     p = check_input_path(path)
@@ -444,11 +483,14 @@ def read_point_labels(path: str | os.PathLike, field: str | None = None) -> np.n
     else:
         fields = _read_cloud_fields(p)
         if field is None:
-            field = next((f for f in LABEL_FIELDS if f in fields), None) or \
-                next((f for f in fields if f.lower() in LABEL_FIELDS), None)
-            if field is None:
+            found = [f for f in fields if f.lower() in LABEL_FIELDS]
+            if not found:
                 raise InputError(p, f"no label field (looked for {', '.join(LABEL_FIELDS[:3])}, ...); "
-                                    f"fields: {', '.join(fields) or 'none'}; name one with --gt-field/--pred-field")
+                                    f"fields: {', '.join(fields) or 'none'}; name one with {flag}")
+            if len(found) > 1:
+                raise InputError(p, f"several fields can hold the labels ({', '.join(found)}) and the file does "
+                                    f"not say which is the prediction; name one with {flag}")
+            field = found[0]
         elif field not in fields:
             match = [f for f in fields if f.lower() == field.lower()]
             if not match:
@@ -475,42 +517,63 @@ def _read_cloud_fields(p: str) -> dict[str, np.ndarray]:
 
 
 def _is_feature_cloud(path: str) -> bool:
-    return Path(path).suffix.lower() == ".npz"
+    """A FeatureCloud .npz (features to query), not an exported labels.npz."""
+    if Path(path).suffix.lower() != ".npz":
+        return False
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return "features" in z.files
+    except (OSError, ValueError, EOFError):
+        return True  # FeatureCloud.load says what is wrong with it
 
 
-def predict_feature_cloud(path: str | os.PathLike, vocab: LabelSet) -> tuple[np.ndarray, np.ndarray]:
-    """Query a FeatureCloud .npz with ``vocab``: (positions in ``vocab.names``, -1 = none; seen mask).
+def stored_labelset(fc, path=None) -> LabelSet | None:
+    """The label set a FeatureCloud was labelled with (its result header), if any."""
+    if not fc.labelset:
+        return None
+    from .export import labelset_from_header
+    return labelset_from_header(fc.labelset, path)
 
-    Queries go through pc_ovseg.query.QueryEngine, the path ``pc-ovseg query`` takes. Text-encoder
-    features are queried with every prompt of every class (the best prompt wins, then maps to its
-    class); label-space features (one-hot, ``class_names`` set) with the class names themselves.
-    Points no view saw come back as -1.
+
+def predict_feature_cloud(path, vocab: LabelSet) -> tuple[np.ndarray, np.ndarray]:
+    """Query a FeatureCloud (.npz path or loaded) with ``vocab``: (positions in ``vocab.names``, -1 =
+    none; seen mask).
+
+    Labels by QueryEngine.labels, the rule ``pc-ovseg run/query`` export with, so a FeatureCloud and
+    its exports score the same. Points no view saw come back as -1.
     """
     from .data import FeatureCloud
     from .query import QueryEngine  # heavy (text encoders): only when a feature file is evaluated
-    fc = FeatureCloud.load(path)
-    if fc.class_names:
-        texts, owner = list(vocab.names), np.arange(vocab.num_classes)
-    else:
-        texts, owner = vocab.flat_prompts()
-    out = QueryEngine(fc).labels(texts)
-    idx = getattr(out, "labels", out[0] if isinstance(out, tuple) else out)
-    idx = _as_int_labels(np.asarray(idx).reshape(-1), path).astype(np.int64)
-    if len(idx) != len(fc.weight):
-        raise InputError(path, f"query returned {len(idx)} labels for {len(fc.weight)} points")
-    ok = (idx >= 0) & (idx < len(texts))
-    return np.where(ok, owner[np.clip(idx, 0, len(texts) - 1)], -1), np.asarray(fc.seen, dtype=bool)
+    fc = path if isinstance(path, FeatureCloud) else FeatureCloud.load(path)
+    pos = _as_int_labels(np.asarray(QueryEngine(fc).labels(vocab).labels).reshape(-1), path).astype(np.int64)
+    if len(pos) != len(fc.weight):
+        raise InputError(path, f"query returned {len(pos)} labels for {len(fc.weight)} points")
+    ok = (pos >= 0) & (pos < vocab.num_classes)
+    return np.where(ok, pos, -1), np.asarray(fc.seen, dtype=bool)
 
 
-def _vocab_positions_to_ids(pos: np.ndarray, vocab: LabelSet, cls: LabelSet) -> np.ndarray:
-    """Positions in ``vocab.names`` (what a query writes) -> label ids of ``cls``, matched by name."""
-    if cls is vocab:
-        table = np.append(vocab.ids, -1).astype(np.int64)
-    else:
-        table = np.array([-1 if j is None else j for j in map(cls.id_of, vocab.names)] + [-1], dtype=np.int64)
+def _positions_to_ids(pos: np.ndarray, vocab: LabelSet) -> np.ndarray:
+    """Positions in ``vocab.names`` (what a plain label file from a query holds) -> its label ids."""
     pos = pos.astype(np.int64, copy=False)
     ok = (pos >= 0) & (pos < vocab.num_classes)
-    return np.where(ok, table[np.where(ok, pos, vocab.num_classes)], -1)
+    return np.where(ok, vocab.ids[np.where(ok, pos, 0)], -1)
+
+
+def _ids_to_ids(ids: np.ndarray, src: LabelSet, cls: LabelSet, path=None) -> np.ndarray:
+    """Label ids of ``src`` (the prediction's label set) -> label ids of ``cls``, matched by class
+    name; a class ``cls`` lacks becomes "no prediction"."""
+    ids = ids.astype(np.int64, copy=False)
+    if cls is src:
+        return ids
+    table = np.full(len(src.class_names) + 1, -1, np.int64)
+    for i, n in zip(src.ids, src.names):
+        j = cls.id_of(n)
+        table[i] = -1 if j is None else j
+    if not (table >= 0).any():
+        raise InputError(path, f"none of its classes ({', '.join(src.names[:5])}, ...) is a class of "
+                               f"{cls.name!r}; check --classes")
+    ok = (ids >= 0) & (ids < len(src.class_names))
+    return np.where(ok, table[np.where(ok, ids, len(src.class_names))], -1)
 
 
 def evaluate_files(pred: str | os.PathLike, gt: str | os.PathLike, classes=None, *, labels=None,
@@ -518,37 +581,48 @@ def evaluate_files(pred: str | os.PathLike, gt: str | os.PathLike, classes=None,
                    remap_gt: bool = False, remap_pred: bool = False) -> tuple[EvalResult, LabelSet]:
     """``pc-ovseg eval``: read PRED and GT (clouds, label files, or a FeatureCloud .npz) and score.
 
-    ``classes`` (anything :func:`parse_classes` takes) names the GT label ids. ``labels`` is the
-    vocabulary that made the prediction: a FeatureCloud PRED is queried with it (default: its own
-    class names), and a PRED file then holds positions in it (as ``pc-ovseg query/run --labels``
-    write them). Vocabulary answers are matched to ``classes`` by name. ``remap_*`` maps raw
-    dataset ids through the label set's raw ids.
+    ``classes`` (anything :func:`parse_classes` takes) names the GT label ids. A PRED written by
+    ``pc-ovseg run/query`` declares its prediction field and label set (pc_ovseg.export), and is
+    read by that: its ids map to ``classes`` by class name (default ``classes``: its own label set).
+    A FeatureCloud PRED is labelled with the label set stored in it, else with ``labels``, else
+    ``classes``, else its label-space class names. ``labels`` is the vocabulary behind an undeclared
+    PRED file, which then holds positions in it. ``remap_*`` maps raw dataset ids through the label
+    set's raw ids (undeclared PRED only).
     """
+    from .export import labelset_from_header, read_result_header
     pred, gt = os.fspath(pred), os.fspath(gt)
-    gt_labels = read_point_labels(gt, gt_field)
-    seen = None
+    gt_labels = read_point_labels(gt, gt_field, flag="--gt-field")
     vocab = parse_classes(labels) if labels is not None else None
-    if _is_feature_cloud(pred) and pred_field is None:
-        if vocab is None and classes is None:
-            from .data import FeatureCloud
-            names = FeatureCloud.load(pred).class_names
-            if not names:
-                raise InputError(pred, "feature file has no class names: give --labels or --classes")
-            vocab = LabelSet.from_names(names)
-        vocab = vocab or parse_classes(classes)
-        cls = parse_classes(classes) if classes is not None else vocab
-        pos, seen = predict_feature_cloud(pred, vocab)
-        pred_labels = _vocab_positions_to_ids(pos, vocab, cls)
+    cls = parse_classes(classes) if classes is not None else None
+    seen, src = None, None
+    if pred_field is None and _is_feature_cloud(pred):
+        from .data import FeatureCloud
+        fc = FeatureCloud.load(pred)
+        src = vocab or stored_labelset(fc, pred) or cls or (LabelSet.from_names(fc.class_names) if fc.class_names else None)
+        if src is None:
+            raise InputError(pred, "feature file has no label set or class names: give --labels or --classes")
+        pos, seen = predict_feature_cloud(fc, src)
+        pred_labels = _positions_to_ids(pos, src)
     else:
-        if classes is None and vocab is None:
-            raise InputError(None, "--classes is required: a label set name (e.g. scannet20), a JSON file, "
-                                   "or comma-separated class names indexed by label id")
-        cls = parse_classes(classes) if classes is not None else vocab
-        pred_labels = read_point_labels(pred, pred_field)
-        if remap_pred:
-            pred_labels = remap_labels(pred_labels, cls)
-        if vocab is not None:
-            pred_labels = _vocab_positions_to_ids(pred_labels, vocab, cls)
+        declared = read_result_header(pred) if pred_field is None else None
+        if declared is not None:
+            src = labelset_from_header(declared, pred)
+            if vocab is not None and vocab.names != src.names:
+                raise InputError(pred, f"was labelled with {src.name!r} ({', '.join(src.names[:4])}, ...), not "
+                                       f"the --labels vocabulary; leave --labels out")
+            pred_labels = read_point_labels(pred, declared.get("pred_field", "label"))
+        else:
+            if cls is None and vocab is None:
+                raise InputError(None, "--classes is required: a label set name (e.g. scannet20), a JSON file, "
+                                       "or comma-separated class names indexed by label id")
+            pred_labels = read_point_labels(pred, pred_field, flag="--pred-field")
+            if remap_pred:
+                pred_labels = remap_labels(pred_labels, cls or vocab)
+            if vocab is not None:
+                pred_labels, src = _positions_to_ids(pred_labels, vocab), vocab
+    cls = cls or src
+    if src is not None:
+        pred_labels = _ids_to_ids(pred_labels, src, cls, pred)
     if remap_gt:
         gt_labels = remap_labels(gt_labels, cls)
     if len(pred_labels) != len(gt_labels):
@@ -648,5 +722,5 @@ def save_bar_chart(result: EvalResult, path: str | os.PathLike, *, width: int = 
     return W, H
 
 
-__all__ = ["LabelSet", "load_labelset", "list_labelsets", "parse_classes", "remap_labels", "evaluate",
+__all__ = ["LabelSet", "Vocabulary", "load_labelset", "list_labelsets", "parse_classes", "remap_labels", "evaluate",
            "read_point_labels", "evaluate_files", "EvalResult", "format_table", "save_bar_chart", "chart_size", "LABELSET_DIRS"]

@@ -5,6 +5,7 @@ then each query costs one matmul: set the scene once, query cheaply, as SAM's pr
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -58,14 +59,19 @@ class QueryEngine:
 
     Text goes through the encoder named by ``fc.encoder`` (with prompt templates), or, for
     label-space features (``fc.class_names`` set), each class name is its own one-hot embedding.
+    Text embeddings are cached on disk (``text_cache``: True = the user cache,
+    pc_ovseg.encoders.templates.text_cache_dir(); a folder; or None), and the encoder is built
+    only when a text misses that cache, so a repeated query never loads CLIP.
     """
 
     def __init__(self, fc: FeatureCloud, *, device: str | None = None, temperature: float = 100.0,
-                 text_encoder=None):
+                 text_encoder=None, text_cache: bool | str | os.PathLike | None = True):
+        from .encoders.templates import text_cache_dir
         self.fc = fc
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.temperature = temperature
         self._text_encoder = text_encoder
+        self._cache_dir = text_cache_dir() if text_cache is True else (text_cache or None)
         # fp16 on GPU; bf16 on CPU, where oneDNN's bf16 GEMM (AMX/AVX512-BF16) reads half the
         # bytes of fp32 -- a query over 1M x 512 features is memory-bound.
         dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
@@ -74,43 +80,111 @@ class QueryEngine:
         self._text_cache: dict[str, np.ndarray] = {}
 
     # -- text ---------------------------------------------------------------------------------
-    def embed(self, texts: list[str]) -> np.ndarray:
-        """(T, D) L2-normalised text embeddings in the features' space (cached per text)."""
-        missing = [t for t in dict.fromkeys(texts) if t not in self._text_cache]
-        if missing:
-            if self.fc.class_names:
-                emb = label_space_embeddings(self.fc.class_names, missing)
-            else:
-                emb = self._encode_text(missing)
-            for t, e in zip(missing, emb):
-                self._text_cache[t] = e.astype(np.float32)
+    #: Most distinct texts one call embeds (more is an InputError): CLIP on a CPU takes about a
+    #: minute per 10,000 names.
+    max_texts = 20_000
+    #: Texts per text-encoder call; more than one batch shows a progress bar.
+    embed_batch = 256
+
+    def embed(self, texts: list[str], *, progress: bool | None = None) -> np.ndarray:
+        """(T, D) L2-normalised text embeddings in the features' space (cached per text).
+
+        Texts not yet cached go through the encoder ``embed_batch`` at a time, with a tqdm bar on
+        stderr when there is more than one batch (``progress``: None = if stderr is a terminal).
+        """
+        unique = list(dict.fromkeys(texts))
+        if len(unique) > self.max_texts:
+            from .errors import InputError
+            raise InputError(None, f"a vocabulary of {len(unique):,} names is more than the "
+                                   f"{self.max_texts:,} a query can embed")
+        # batches of the call's own texts, not of those this engine lacks: the same call then
+        # makes the same disk-cache entries, whatever was queried before
+        n = self.embed_batch
+        batches = [b for b in (unique[i:i + n] for i in range(0, len(unique), n))
+                   if any(t not in self._text_cache for t in b)]
+        if batches:
+            self._embed_batches(batches, progress)
         return np.stack([self._text_cache[t] for t in texts]) if texts else np.zeros((0, self.fc.features.shape[1]), np.float32)
 
-    def _encode_text(self, texts: list[str]) -> np.ndarray:
-        from .encoders import encode_text_with_templates, get_encoder
-        if self._text_encoder is None:
+    def _embed_batches(self, batches: list[list[str]], progress: bool | None) -> None:
+        from tqdm.auto import tqdm
+        if len(batches) == 1 or progress is False:
+            disable = True
+        else:
+            disable = None if progress is None else False  # tqdm: None = only on a terminal
+        with tqdm(total=sum(map(len, batches)), desc="text embeddings", unit="name", disable=disable,
+                  leave=False) as bar:
+            for batch in batches:
+                if self.fc.class_names:
+                    emb = label_space_embeddings(self.fc.class_names, batch)
+                else:
+                    emb = self._encode_text(batch)
+                for t, e in zip(batch, emb):
+                    self._text_cache[t] = e.astype(np.float32)
+                bar.update(len(batch))
+
+    def load_text_encoder(self):
+        """The text encoder, built on first use; None for label-space features (they need none)."""
+        if self._text_encoder is None and not self.fc.class_names:
+            from .encoders import get_encoder
             self._text_encoder = get_encoder(self.fc.encoder, device=str(self.device))
-        return np.asarray(encode_text_with_templates(self._text_encoder, texts), np.float32)
+        return self._text_encoder
+
+    def _encode_text(self, texts: list[str]) -> np.ndarray:
+        from .encoders.templates import cached_text_embeddings, encode_text_with_templates
+        if self._text_encoder is None:
+            hit = cached_text_embeddings(self.fc.encoder, texts, cache_dir=self._cache_dir)
+            if hit is not None:
+                return hit
+        return np.asarray(encode_text_with_templates(self.load_text_encoder(), texts, cache_dir=self._cache_dir), np.float32)
 
     def _sims(self, emb: np.ndarray) -> torch.Tensor:
         t = torch.from_numpy(emb).to(self.device, self._feats.dtype)
         return (self._feats @ t.T).float()
 
+    #: Similarities labelling holds at once: points go through ``label_block // texts`` at a
+    #: time, so 1M points x 10,000 names take 256 MB blocks, not a 40 GB matrix.
+    label_block = 1 << 26
+
     # -- queries ------------------------------------------------------------------------------
-    def labels(self, vocabulary: list[str], *, min_similarity: float | None = None) -> LabelResult:
-        """Per-point label over a vocabulary; unseen points (and those below the threshold) get -1."""
-        if not vocabulary:
+    def labels(self, vocabulary, *, min_similarity: float | None = None) -> LabelResult:
+        """Per-point label over a vocabulary; unseen points (and those below the threshold) get -1.
+
+        This is the one labelling rule (run, query and eval all label through it, so a result
+        gives the same labels by every route). ``vocabulary`` is a list of class names or a
+        LabelSet (pc_ovseg.eval): text features then score each class by its best prompt, so a
+        class is found by any of its synonyms; label-space features (``fc.class_names``) are
+        queried with the class names themselves. Labels are positions in the class names.
+        """
+        names = list(getattr(vocabulary, "names", vocabulary))
+        if not names:
             raise ValueError("empty vocabulary")
-        sims = self._sims(self.embed(list(vocabulary)))
-        probs = torch.softmax(sims * self.temperature, dim=1)
-        best_sim, labels = sims.max(dim=1)
-        score = probs.gather(1, labels[:, None])[:, 0]
-        labels = labels.to(torch.int32)
+        by_prompt = hasattr(vocabulary, "prompt_lists") and not self.fc.class_names
+        prompts = [ps or [n] for n, ps in zip(names, vocabulary.prompt_lists())] if by_prompt else [[n] for n in names]
+        t = torch.from_numpy(self.embed([p for ps in prompts for p in ps])).to(self.device, self._feats.dtype)
+        owner = None
+        if len(t) > len(names):  # a class scores its best prompt
+            owner = torch.repeat_interleave(torch.arange(len(names), device=self.device),
+                                            torch.tensor([len(ps) for ps in prompts], device=self.device))
+        n = len(self._feats)
+        labels = torch.empty(n, dtype=torch.int32, device=self.device)
+        score = torch.empty(n, dtype=torch.float32, device=self.device)
+        best_sim = torch.empty(n, dtype=torch.float32, device=self.device)
+        step = max(1, self.label_block // len(t))
+        for a in range(0, n, step):  # rows are independent: blocks give the same answer as one
+            sims = (self._feats[a:a + step] @ t.T).float()
+            if owner is not None:
+                best = torch.full((len(sims), len(names)), -torch.inf, device=self.device)
+                sims = best.scatter_reduce(1, owner.expand(len(sims), -1), sims, "amax", include_self=False)
+            probs = torch.softmax(sims * self.temperature, dim=1)
+            bs, lab = sims.max(dim=1)
+            best_sim[a:a + step], labels[a:a + step] = bs, lab
+            score[a:a + step] = probs.gather(1, lab[:, None])[:, 0]
         labels[~self._seen] = -1
         if min_similarity is not None:
             labels[best_sim < min_similarity] = -1
         score[~self._seen] = 0
-        return LabelResult(labels.cpu().numpy(), score.cpu().numpy(), best_sim.cpu().numpy(), list(vocabulary))
+        return LabelResult(labels.cpu().numpy(), score.cpu().numpy(), best_sim.cpu().numpy(), names)
 
     def relevancy(self, text: str, negatives=CANONICAL_NEGATIVES, *, temperature: float = 10.0) -> np.ndarray:
         """LERF relevancy: min over negatives of softmax(query vs negative); 0.5 = no preference.
@@ -142,6 +216,23 @@ class QueryEngine:
         """Points whose heatmap exceeds ``threshold``, split into connected objects with boxes."""
         heat = self.heatmap(text)
         return group_objects(self.fc, heat, threshold=threshold, eps=eps, min_points=min_points)
+
+
+def read_queries(path: str | os.PathLike) -> list[str]:
+    """Queries from a text file, one per line; blank lines and ``#`` comment lines are skipped."""
+    from .errors import InputError, check_input_path
+    p = check_input_path(path)
+    try:
+        with open(p, encoding="utf-8-sig") as f:
+            lines = [s.strip() for s in f.read().splitlines()]
+    except UnicodeDecodeError:
+        raise InputError(p, "not a UTF-8 text file of queries") from None
+    except OSError as err:
+        raise InputError(p, f"cannot read: {err.strerror or err}") from None
+    queries = [s for s in lines if s and not s.startswith("#")]
+    if not queries:
+        raise InputError(p, "holds no queries (one per line; blank lines and # comments are skipped)")
+    return queries
 
 
 def group_objects(fc: FeatureCloud, heat: np.ndarray, *, threshold: float = 0.5, eps: float | None = None,

@@ -95,6 +95,22 @@ def test_remap_labels():
         remap_labels(raw, load_labelset("asprs"))
 
 
+def test_labelset_to_raw_inverts_the_raw_ids():
+    """Benchmark files need ids back as raw ids; a round trip through remap_labels is the identity."""
+    kitti = load_labelset("semantickitti19")
+    ids = np.array([-1, 0, 1, 5, 9, 19])
+    raw = kitti.to_raw(ids)
+    assert raw.tolist() == [0, 0, 10, 13, 40, 81]  # the smallest raw id of each class; -1 -> 0
+    assert remap_labels(raw, kitti).tolist() == [0, 0, 1, 5, 9, 19]
+    sn = load_labelset("scannet20")
+    assert sn.to_raw(np.array([0, 12, 19, -1])).tolist() == [1, 14, 39, 0]  # NYU40 ids
+    own = LabelSet.from_dict({"name": "k", "class_names": ["a", "b"], "raw_map": {"7": 1, "3": 1},
+                              "raw_inverse": {"1": 7}})
+    assert own.to_raw(np.array([1])).tolist() == [7] and LabelSet.from_dict(own.to_dict()).raw_inverse == {1: 7}
+    with pytest.raises(InputError, match="no raw ids"):
+        load_labelset("asprs").to_raw(np.array([2]))
+
+
 # --- metrics, checked by hand -------------------------------------------------------------------
 
 GT = np.array([0, 0, 0, 0, 1, 1, 1, 2, 2, -1, 5])
