@@ -10,6 +10,8 @@ import io
 import json
 import os
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import urllib.error
@@ -22,7 +24,7 @@ from pc_ovseg.cli import main
 from pc_ovseg.data import FeatureCloud, PointCloud
 from pc_ovseg.viewer import BrowserError, ViewerScene, start_server
 from pc_ovseg.viewer.browser import headless_page, wait_ready
-from pc_ovseg.viewer.server import MAX_BODY, STATIC_DIR
+from pc_ovseg.viewer.server import MAX_BODY, MAX_JSON_DEPTH, STATIC_DIR, ViewerHandler
 
 KITTI_NAMES = ["unlabeled", "car", "bicycle", "motorcycle", "truck", "other-vehicle", "person", "bicyclist",
                "motorcyclist", "road", "parking", "sidewalk", "other-ground", "building", "fence", "vegetation",
@@ -166,6 +168,86 @@ def test_requests_are_bounded_and_typed(server):
     assert "default-src 'self'" in headers["Content-Security-Policy"]
     js, headers = get(server, "/static/vendor/three.module.min.js")
     assert headers["Content-Type"] == "text/javascript" and len(js) > 500_000
+
+
+# ---- raw HTTP against a tiny in-process server --------------------------------------------------
+@pytest.fixture
+def tiny(monkeypatch):
+    """A plain 300k-point cloud: its 3.6 MB of positions outlast the socket buffers of a client
+    that hangs up. A short handler timeout; ``server_close()`` joins every connection's thread."""
+    monkeypatch.setattr(ViewerHandler, "timeout", 0.5)
+    xyz = np.random.default_rng(0).random((300_000, 3), dtype=np.float32)
+    srv = start_server(ViewerScene(PointCloud(xyz)))
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def connect(srv) -> socket.socket:
+    return socket.create_connection(srv.server_address[:2], timeout=30)
+
+
+def exchange(srv, request: bytes) -> tuple[int, bytes]:
+    """Send raw bytes, read until the server closes: (status, body)."""
+    with connect(srv) as s:
+        s.sendall(request)
+        s.shutdown(socket.SHUT_WR)
+        data = b"".join(iter(lambda: s.recv(65536), b""))
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+def test_deep_json_is_refused_before_parsing(tiny):
+    assert MAX_JSON_DEPTH == 32
+    for body in (b"[" * 10_000, b'{"query": ' + b"[" * 32 + b"]" * 32 + b"}"):
+        status, out, _ = post(tiny, "/api/heatmap", None, raw=body)
+        assert status == 400 and b"\n" not in out and "nested deeper than 32" in json.loads(out)["error"]
+    assert post(tiny, "/api/heatmap", None, raw=b"[" * 100_000)[0] == 400  # the size limit still holds
+    # brackets inside strings (escaped quotes too) are text, and 32 levels are fine: the parsed
+    # body reaches the scene, which has no features (409)
+    for body in (b'{"query": "' + b"[" * 100 + b'"}', b'{"query": "a\\"[[[[\\\\", "x": [' + b"{}, " * 49 + b"{}]}",
+                 b'{"a": ' + b"[" * 31 + b"]" * 31 + b"}"):
+        assert post(tiny, "/api/heatmap", None, raw=body)[0] == 409, body
+
+
+@pytest.mark.parametrize("request_, problem", [
+    (b"GET /api/info HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: evil.example\r\n\r\n", b"Host"),
+    (b"GET /api/info HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: 127.0.0.1\r\n\r\n", b"Host"),
+    (b"GET http://evil.example/api/info HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", b"path"),
+    (b"GET http://127.0.0.1/api/info HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", b"path"),
+    (b"POST http://127.0.0.1/api/heatmap HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+     b"Content-Length: 2\r\n\r\n{}", b"path"),
+    (b"POST /api/heatmap HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+     b"Content-Length: 2\r\nContent-Length: 40\r\n\r\n{}", b"Content-Length"),
+    (b"POST /api/heatmap HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+     b"Content-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n{}", b"Transfer-Encoding"),
+])
+def test_ambiguous_requests_are_400(tiny, request_, problem):
+    status, body = exchange(tiny, request_)
+    assert status == 400 and problem in json.loads(body)["error"].encode()
+    assert exchange(tiny, b"GET /api/info HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")[0] == 200
+
+
+def test_idle_and_vanishing_clients_are_dropped_quietly(tiny, capfd):
+    for sent in (b"", b"GET /api/info HT"):  # idle, and a half-sent request line: closed by the server
+        with connect(tiny) as s:
+            s.sendall(sent)
+            assert s.recv(1) == b""  # EOF, well before the client's own 30 s timeout
+    get_ = b"GET /api/positions HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    post_ = (b"POST /api/heatmap HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+             b"Content-Length: 100\r\n\r\n{\"query\"")
+    for request_ in (get_, get_ * 3, post_):
+        for read in (0, 1000):  # hang up (RST) at once, or after the first bytes of the answer
+            with connect(tiny) as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                s.sendall(request_)
+                if read:
+                    s.recv(read)
+    assert exchange(tiny, get_)[0] == 200  # still serving
+    tiny.shutdown()
+    tiny.server_close()  # joins the connections' threads: whatever they print is printed now
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "Error" not in err and "timed out" not in err, err
 
 
 def test_decimated_display_keeps_queries_on_all_points(kitti):

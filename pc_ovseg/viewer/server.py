@@ -2,7 +2,9 @@
 
 Arrays travel as raw little-endian binary (positions float32, colours/heat/labels uint8), never
 as JSON numbers: a 2M-point cloud is 30 MB of float32 but about 60 MB of JSON text to parse.
-Client input is JSON with hard length limits and is only ever used as query text.
+Client input is JSON with hard length and depth limits and is only ever used as query text;
+a request that could mean two things (two Host headers, an absolute URL) is refused, and a client
+that stalls or hangs up only ends its own connection.
 """
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import ipaddress
 import json
 import mimetypes
 import socket
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -26,6 +29,9 @@ MAX_BODY = 16 * 1024           # bytes of a request body
 MAX_QUERY = 200                # characters of one query
 MAX_VOCAB = 64                 # names in a vocabulary (labels fit in uint8 with NO_LABEL to spare)
 MAX_NAME = 64                  # characters of one vocabulary name
+MAX_JSON_DEPTH = 32            # nesting of a request body; ours use 2, json.loads recurses per level
+TIMEOUT = 10.0                 # seconds a connection may stall (idle keep-alive, half-sent request)
+WRITE_CHUNK = 1 << 20          # bytes per socket write: the timeout bounds a stall, not a transfer
 assert MAX_VOCAB < NO_LABEL
 #: The page loads only its own files and talks only to this server (inline styles: legend swatches).
 CSP = ("default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; connect-src 'self'; "
@@ -47,6 +53,29 @@ def _text(value, what: str, limit: int) -> str:
     if any(ord(ch) < 32 for ch in text):
         raise BadRequest(f"{what} contains control characters")
     return text
+
+
+def json_depth_ok(raw: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether ``[``/``{`` nest at most ``limit`` deep outside strings: checked before parsing,
+    since ``json.loads`` recurses once per level (16 KB of ``[`` is a RecursionError)."""
+    depth, in_string, escaped = 0, False, False
+    for byte in raw:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in b"[{":
+            depth += 1
+            if depth > limit:
+                return False
+        elif byte in b"]}":
+            depth -= 1
+    return True
 
 
 def parse_query(body: dict) -> str:
@@ -90,6 +119,11 @@ class ViewerServer(ThreadingHTTPServer):
         host, port = self.server_address[:2]
         return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
 
+    def handle_error(self, request, client_address):
+        """A client that hung up or stalled is no bug: no traceback for it."""
+        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            super().handle_error(request, client_address)
+
     def info(self) -> dict:
         s = self.scene
         cov = s.coverage()
@@ -110,13 +144,16 @@ class ViewerServer(ThreadingHTTPServer):
 class ViewerHandler(BaseHTTPRequestHandler):
     server: ViewerServer
     protocol_version = "HTTP/1.1"
+    #: per socket operation: an idle or half-open connection (and its thread) is dropped after it
+    timeout = TIMEOUT
 
     def log_message(self, fmt, *args):  # noqa: D102 - requests are logged only when asked
         if not self.server.quiet:
             super().log_message(fmt, *args)
 
-    def log_error(self, fmt, *args):  # noqa: D102 - errors always are
-        super().log_message(fmt, *args)
+    def log_error(self, fmt, *args):  # noqa: D102 - errors always are; an idle connection timing out is none
+        if not any(isinstance(a, TimeoutError) for a in args):
+            super().log_message(fmt, *args)
 
     # -- responses -------------------------------------------------------------------------------
     def _send(self, status: int, body: bytes, ctype: str, headers: dict | None = None) -> None:
@@ -129,7 +166,9 @@ class ViewerHandler(BaseHTTPRequestHandler):
             self.send_header(k, v)
         self.end_headers()
         if self.command != "HEAD":
-            self.wfile.write(body)
+            view = memoryview(body)
+            for i in range(0, len(view), WRITE_CHUNK):
+                self.wfile.write(view[i:i + WRITE_CHUNK])
 
     def _json(self, obj, status: int = 200) -> None:
         self._send(status, json.dumps(obj).encode(), "application/json")
@@ -142,6 +181,20 @@ class ViewerHandler(BaseHTTPRequestHandler):
 
     def _error(self, status: int, message: str) -> None:
         self._json({"error": message}, status)
+
+    def _refused(self) -> bool:
+        """Answer, and close, a request that is ambiguous or not addressed to us; True if so."""
+        if len(self.headers.get_all("Host", [])) > 1:
+            status, message = 400, "more than one Host header"
+        elif not self.path.startswith("/"):  # absolute-form names a host the Host check never sees
+            status, message = 400, "the request target must be a path, not an absolute URL"
+        elif not self._host_ok():
+            status, message = 403, "requests must be addressed to a loopback host"
+        else:
+            return False
+        self.close_connection = True  # a body, if any, was never read
+        self._error(status, message)
+        return True
 
     def _host_ok(self) -> bool:
         """Only requests addressed to a loopback name: a web page that rebinds its own DNS name
@@ -156,8 +209,8 @@ class ViewerHandler(BaseHTTPRequestHandler):
 
     # -- GET -------------------------------------------------------------------------------------
     def do_GET(self):  # noqa: N802
-        if not self._host_ok():
-            return self._error(403, "requests must be addressed to a loopback host")
+        if self._refused():
+            return
         path = urlsplit(self.path).path
         s = self.server.scene
         if path in ("/", "/index.html"):
@@ -192,9 +245,8 @@ class ViewerHandler(BaseHTTPRequestHandler):
 
     # -- POST ------------------------------------------------------------------------------------
     def do_POST(self):  # noqa: N802
-        if not self._host_ok():
-            self.close_connection = True
-            return self._error(403, "requests must be addressed to a loopback host")
+        if self._refused():
+            return
         path = urlsplit(self.path).path
         routes = {"/api/heatmap": self._heatmap, "/api/labels": self._labels, "/api/pick": self._pick}
         route = routes.get(path)
@@ -212,6 +264,8 @@ class ViewerHandler(BaseHTTPRequestHandler):
             return self._error(400, str(err))
         except PcOvsegError as err:  # e.g. the text encoder's weights went missing
             return self._error(422, str(err))
+        except (ConnectionError, TimeoutError):  # the client hung up or stalled: nobody to answer
+            raise
         except Exception as err:  # a bug: answer it, keep serving; the traceback goes to the log
             self.log_error("%s %s failed: %r", self.command, path, err)
             return self._error(500, f"internal error: {type(err).__name__}: {' '.join(str(err).split())}")
@@ -220,14 +274,21 @@ class ViewerHandler(BaseHTTPRequestHandler):
         ctype = self.headers.get("Content-Type", "").split(";")[0].strip()
         if ctype != "application/json":
             raise BadRequest("body must be application/json")
-        try:
-            length = int(self.headers.get("Content-Length", ""))
-        except ValueError:
-            raise BadRequest("Content-Length is required") from None
-        if length < 0 or length > MAX_BODY:
+        if "Transfer-Encoding" in self.headers:
+            raise BadRequest("Transfer-Encoding is not supported; send Content-Length")
+        lengths = self.headers.get_all("Content-Length", [])
+        if len(lengths) > 1:
+            raise BadRequest("more than one Content-Length header")
+        value = lengths[0].strip() if lengths else ""
+        if not (value.isascii() and value.isdigit()):  # int() would take "+5" or "1_0"
+            raise BadRequest("Content-Length is required, as a decimal number")
+        length = int(value)
+        if length > MAX_BODY:
             self.close_connection = True  # do not read an oversized body
             raise BadRequest(f"body is larger than {MAX_BODY} bytes")
         raw = self.rfile.read(length)
+        if not json_depth_ok(raw):
+            raise BadRequest(f"body is nested deeper than {MAX_JSON_DEPTH} levels")
         try:
             body = json.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError):
