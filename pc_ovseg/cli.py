@@ -12,13 +12,15 @@ import sys
 
 from .errors import InputError, PcOvsegError
 
-COMMANDS: dict[str, tuple] = {}  # name -> (add_arguments, run, help)
+from .registry import Registry
+
+COMMANDS = Registry()  # name -> (add_arguments, run, help)
 
 
 def command(name: str, help: str):
     """Register ``fn(args)`` as a subcommand; its ``.arguments(parser)`` adds options."""
     def deco(fn):
-        COMMANDS[name] = (getattr(fn, "arguments", lambda p: None), fn, help)
+        COMMANDS.register(name)((getattr(fn, "arguments", lambda p: None), fn, help))
         return fn
     return deco
 
@@ -65,160 +67,188 @@ def cmd_info(args) -> int:
     return 0
 
 
+# --- typed options from the config dataclasses ------------------------------------------------
+def checked(check):
+    """An argparse ``type`` that parses and range-checks (config.Num): bad values fail at parse time."""
+    def parse(text: str):
+        try:
+            v = check.parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        why = check.problem(v)
+        if why:
+            raise argparse.ArgumentTypeError(why)
+        return v
+    return parse
+
+
+def config_options(p, section: str, cls, *, skip: tuple = (), title: str | None = None) -> None:
+    """One flag per field of ``cls`` (dest ``section.field``; absent unless given, so a --config
+    file's values stand where no flag overrides them)."""
+    from dataclasses import fields
+
+    from .config import default_of, flag_name
+    g = p.add_argument_group(title or section)
+    for f in fields(cls):
+        flag = flag_name(f)
+        if f.name in skip or f.metadata.get("flag") == "" or "help" not in f.metadata:
+            continue
+        d = default_of(f)
+        kw = dict(dest=f"{section}.{f.name}", default=argparse.SUPPRESS, metavar=f.metadata.get("metavar") or
+                  f.name.split("_")[-1].upper(),
+                  help=f"{f.metadata['help']} (default: {d})")
+        if f.metadata.get("check"):
+            kw["type"] = checked(f.metadata["check"])
+        if f.metadata.get("choices"):
+            kw["choices"] = f.metadata["choices"]
+            kw.pop("metavar")
+        g.add_argument(flag, **kw)
+
+
+def run_config(args, sections=("views", "encoder", "output")):
+    """The RunConfig of a command: the --config file (or the defaults), then the flags given."""
+    from .config import RunConfig
+    src = getattr(args, "config", None)
+    cfg = RunConfig.load(src) if src else RunConfig()
+    d = cfg.to_dict()
+    for key, v in vars(args).items():
+        sec, dot, name = key.partition(".")
+        if dot and sec in sections:
+            d[sec][name] = v
+    if getattr(args, "no_progress", False):
+        d["output"]["progress"] = False
+    return RunConfig.from_dict(d, source=src)
+
+
 # --- render (views) --------------------------------------------------------------------------
 def _render_args(p):
+    from .config import ViewsConfig
     p.add_argument("input", help="a cloud or mesh (any format the readers accept) or an RGB-D folder / scene.json")
     p.add_argument("--out", required=True, help="output folder for the views and contact_sheet.png")
-    p.add_argument("--max-views", type=int, default=None, help="view budget (planned views or selected frames)")
     p.add_argument("--attribute", help="render this per-point field (e.g. label) instead of colour")
-    p.add_argument("--kind", default="auto", choices=["auto", "indoor", "aerial", "street", "object"],
-                   help="camera plan for clouds and meshes (default: detected from the scene)")
-    p.add_argument("--width", type=int, default=640)
-    p.add_argument("--height", type=int, default=480)
-    p.add_argument("--cloud", help="point cloud for posed frames (default: built from the frames' depth)")
-    p.add_argument("--cloud-frames", type=int, default=None,
-                   help="build the cloud of an RGB-D folder from at most this many frames (default: all)")
-    p.add_argument("--layout", help="raw .bin/.npy column layout, e.g. xyz, xyzrgb, xyzi")
     p.add_argument("--depth-format", choices=["png", "npy"], default="png",
                    help="depth as 16-bit PNG in millimetres (default) or float32 .npy metres")
+    p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true", help="print one JSON object (views, coverage, files)")
+    config_options(p, "views", ViewsConfig, title="views")
 
 
 @command("render", "render views (image, depth, camera, index map) of a cloud, mesh or RGB-D frames")
 @arguments(_render_args)
 def cmd_render(args) -> int:
     import numpy as np
-    from .data import FrameSequence, Mesh
-    from .errors import InputError
-    from .io import read, read_cloud
-    from .views import cloud_from_frames, contact_sheet, make_views, save_view
-    src = read(args.input, layout=args.layout)
-    if args.width <= 0 or args.height <= 0:
-        raise InputError(None, f"--width/--height must be positive, got {args.width}x{args.height}")
+    from .data import FrameSequence
+    from .io import read
+    from .views import contact_sheet, save_view, scene_cloud, view_jobs
+    cfg = run_config(args, ("views",))
+    progress = cfg.output.progress
+    src = read(args.input, layout=cfg.views.layout)
     if isinstance(src, FrameSequence):
         if args.attribute:
             raise InputError(args.input, "--attribute applies to clouds and meshes, not to posed frames")
-        if args.cloud:
-            cloud = read_cloud(args.cloud, layout=args.layout)
-        elif src.has_depth:
-            cloud = cloud_from_frames(src, max_frames=args.cloud_frames)
-        else:
+        if not cfg.views.cloud and not src.has_depth:
             raise InputError(args.input, "frames have no depth: pass the scene's point cloud with --cloud")
-        views = make_views(src, cloud=cloud, max_views=args.max_views)
-        n_points = len(cloud)
-    else:
-        if args.attribute and args.attribute not in src.fields:
-            raise InputError(args.input, f"no per-point field {args.attribute!r} (has: {', '.join(src.fields) or 'none'})")
-        views = make_views(src, max_views=args.max_views, kind=args.kind, width=args.width, height=args.height,
-                           attribute=args.attribute)
-        n_points = len(src.vertices if isinstance(src, Mesh) else src.xyz)
-    os.makedirs(args.out, exist_ok=True)
-    seen = np.zeros(n_points, bool)
+    elif args.attribute and args.attribute not in src.fields:
+        raise InputError(args.input, f"no per-point field {args.attribute!r} (has: {', '.join(src.fields) or 'none'})")
+    cloud = scene_cloud(src, cfg.views, progress=progress)
+    jobs = view_jobs(src, cloud, cfg.views, attribute=args.attribute, progress=progress)
+    if not jobs:
+        raise InputError(args.input, "no views were produced")
+    from tqdm.auto import tqdm
+    seen = np.zeros(len(cloud), bool)
     files, thumbs = [], []
-    for k, view in enumerate(views):
+    for k, job in enumerate(tqdm(jobs, desc="render", unit="view", disable=not progress)):
+        view = job.make()
         files.append(save_view(view, args.out, f"view{k:03d}", depth_format=args.depth_format))
         seen[view.point_ids] = True
         view.depth = view.index = None  # keep only what the contact sheet needs
         thumbs.append(view)
-    if not thumbs:
-        raise InputError(args.input, "no views were produced (is --max-views 0?)")
     sheet = contact_sheet(thumbs, os.path.join(args.out, "contact_sheet.png"))
-    result = {"views": len(thumbs), "coverage": float(seen.mean()) if n_points else 0.0, "points": n_points,
+    result = {"views": len(thumbs), "coverage": float(seen.mean()) if len(cloud) else 0.0, "points": len(cloud),
               "out": args.out, "contact_sheet": str(sheet), "files": files}
     if args.json:
         print_json(result)
     else:
-        print(f"{len(thumbs)} views of {n_points:,} points, coverage {result['coverage']:.2%} -> {args.out}")
+        print(f"{len(thumbs)} views of {len(cloud):,} points, coverage {result['coverage']:.2%} -> {args.out}")
     return 0
-
-
 
 
 # --- fuse / query / eval / run (fusion, query, eval, pipeline) -------------------------------
 def _vocabulary(arg: str) -> dict:
     """--labels: a label-set name (data/labelsets), a JSON/text file, or comma-separated names.
 
-    Returns the query texts (each class's first prompt), their class ids, and how LAS codes them.
+    Returns the query texts (each class's first prompt, carrying the label set so the result stores
+    names, ids, prompts and colours), their class ids, and how LAS codes them.
     """
     from .eval import parse_classes
     ls = parse_classes(arg)
-    return {"vocabulary": list(ls.prompt_names()), "class_ids": list(ls.ids),
+    return {"vocabulary": ls.vocabulary(), "class_ids": list(ls.ids),
             "las_codes": "asprs" if ls.name == "asprs" else "shift"}
 
 
-def _scene_args(p):
-    p.add_argument("input", help="cloud, mesh, organised PCD or RGB-D folder/manifest")
-    p.add_argument("--out", required=True, help="output folder (its cache/ makes reruns resume)")
-    p.add_argument("--max-views", type=int, default=None, help="view budget (frames or rendered views)")
-    p.add_argument("--cloud", help="for RGB-D input: label this cloud instead of one built from depth")
-    p.add_argument("--layout", help="column layout of raw .bin/.npy input, e.g. xyzrgb")
-    p.add_argument("--kind", default="auto", choices=["auto", "indoor", "aerial", "street", "object"],
-                   help="camera plan for bare clouds and meshes")
-    p.add_argument("--min-views", type=int, default=None,
-                   help="views the camera plan aims for per point (default 8; fewer = faster 2D stage, "
-                        "less robust to 2D errors; 1 = coverage only)")
-    p.add_argument("--zoom", type=int, default=2,
-                   help="organised clouds (one frame): also use 3x3 overlapping crops enlarged this much (1 = off)")
-    p.add_argument("--voxel-size", type=float, default=0.02, help="for RGB-D input: cloud voxel size (m)")
+def _scene_args(p, *, run: bool):
+    from .config import EncoderConfig, OutputConfig, ViewsConfig
+    p.add_argument("input", nargs="?", help="cloud, mesh, organised PCD or RGB-D folder/manifest")
+    p.add_argument("--out", help="output folder (its cache/ makes reruns resume)")
+    p.add_argument("--config", metavar="FILE", help="run configuration (YAML/JSON, as --dump-config writes); "
+                                                    "flags given override it")
+    p.add_argument("--dump-config", action="store_true", help="print the configuration these options make, and exit")
     p.add_argument("--no-progress", action="store_true")
-    from .encoders import add_encoder_args
-    add_encoder_args(p)
-
-
-def _run_args(p):
-    _scene_args(p)
-    p.add_argument("--labels", required=True,
-                   help="vocabulary: label-set name (scannet20, ...), file, or 'wall,floor,chair,other'")
-    p.add_argument("--distilled", metavar="CKPT", help="also predict with this distilled 3D model (`pc-ovseg "
-                   "distill`) and label the 2D-3D ensemble")
-    p.add_argument("--tta", type=int, default=1, help="test-time augmentations for --distilled")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    config_options(p, "views", ViewsConfig, title="views")
+    config_options(p, "encoder", EncoderConfig, title="2D encoders")
+    if run:
+        config_options(p, "output", OutputConfig, title="labels")
 
 
-def _scene_kw(args) -> dict:
-    return dict(max_views=args.max_views, cloud_path=args.cloud, layout=args.layout, kind=args.kind,
-                min_views=args.min_views, zoom=args.zoom, voxel_size=args.voxel_size, progress=not args.no_progress)
+def _scene_config(args, sections):
+    cfg = run_config(args, sections)
+    if args.dump_config:
+        return cfg, True
+    if not args.input or not args.out:
+        raise InputError(None, "an INPUT and --out are required (or --dump-config)")
+    return cfg, False
 
 
 @command("run", "views -> features -> fusion -> labels in one go (resumes if interrupted)")
-@arguments(_run_args)
+@arguments(lambda p: _scene_args(p, run=True))
 def cmd_run(args) -> int:
     from .pipeline import run
-    voc = _vocabulary(args.labels)
-    summary = run(args.input, args.out, voc.pop("vocabulary"), encoder_args=args, distilled=args.distilled,
-                  tta=args.tta, **voc, **_scene_kw(args))
+    cfg, dump = _scene_config(args, ("views", "encoder", "output"))
+    if dump:
+        print(cfg.dump(), end="")
+        return 0
+    summary = run(args.input, args.out, cfg)
     if args.json:
         print_json(summary)
     else:
+        t = summary["timings"]
         print(f"{summary['points']} points, {summary['views']} views "
               f"({summary['views_cached']} from cache), coverage {summary['coverage']:.3f}, "
-              f"{summary['seconds']:.1f} s")
+              f"{summary['seconds']:.1f} s (views {t['views']:.1f}, 2D {t['2d']:.1f}, fusion {t['fusion']:.1f}, "
+              f"labels {t['labels']:.1f})")
         for f in summary["files"]:
             print(f"  wrote {f}")
     return 0
 
 
-def _fuse_args(p):
-    _scene_args(p)
-    p.add_argument("--json", action="store_true")
-
-
 @command("fuse", "fuse 2D features of every view onto the points (writes OUT/fused.npz)")
-@arguments(_fuse_args)
+@arguments(lambda p: _scene_args(p, run=False))
 def cmd_fuse(args) -> int:
     from pathlib import Path
 
-    from .encoders import view_encoder_from_args
     from .pipeline import fuse_scene, load_scene
-    kw = _scene_kw(args)
-    progress = kw.pop("progress")
-    scene = load_scene(args.input, plan_cache=Path(args.out) / "cache", **kw)
-    enc = view_encoder_from_args(args, cache_dir=str(Path(args.out) / "cache" / "encoder"))
-    fc, stats = fuse_scene(scene, enc, Path(args.out) / "cache", progress=progress,
-                           settings={"input": args.input, **kw})
-    fc.save(Path(args.out) / "fused.npz")
-    summary = {"points": len(fc.cloud), "views": stats.views, "coverage": fc.coverage,
-               "fused": str(Path(args.out) / "fused.npz"), "seconds": round(stats.seconds, 3)}
+    cfg, dump = _scene_config(args, ("views", "encoder"))
+    if dump:
+        print(cfg.dump(), end="")
+        return 0
+    out = Path(args.out)
+    scene = load_scene(args.input, cfg.views, plan_cache=out / "cache", progress=cfg.output.progress)
+    fc, stats = fuse_scene(scene, cfg.encoder.build(), out / "cache", cfg, progress=cfg.output.progress)
+    fc.save(out / "fused.npz")
+    summary = {"points": len(fc.cloud), "views": stats.views, "views_cached": stats.cached, "coverage": fc.coverage,
+               "fused": str(out / "fused.npz"), "seconds": round(stats.seconds, 3),
+               "timings": {k: round(v, 3) for k, v in stats.timings.items()}}
     print_json(summary) if args.json else print(f"wrote {summary['fused']} (coverage {fc.coverage:.3f})")
     return 0
 
@@ -227,14 +257,21 @@ def _query_args(p):
     p.add_argument("features", help="a fused or predicted feature file (.npz)")
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--labels", help="vocabulary -> per-point labels")
-    g.add_argument("--text", help="free-text query -> heatmap (and objects with --threshold)")
+    g.add_argument("--text", action="append",
+                   help="free-text query -> heatmap (and objects with --threshold); repeat it for several queries")
+    g.add_argument("--queries", metavar="FILE",
+                   help="a text file of queries, one per line (blank lines and # comments skipped), each as --text")
     p.add_argument("--threshold", type=float, default=0.5, help="heatmap level that selects points")
     p.add_argument("--min-points", type=int, default=20, help="smallest object kept")
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--format", choices=["scannet", "semantickitti"],
+                   help="with --labels: also write the benchmark's prediction file (ScanNet <scene>.txt of "
+                        "NYU40 ids, SemanticKITTI <scene>.label of raw ids); the label set needs raw ids")
+    p.add_argument("--scene", help="name of the benchmark file (default: the stem of the features' source)")
     p.add_argument("--json", action="store_true")
 
 
-@command("query", "labels for a vocabulary, or a heatmap and objects for one text query")
+@command("query", "labels for a vocabulary, or a heatmap and objects for each text query")
 @arguments(_query_args)
 def cmd_query(args) -> int:
     from pathlib import Path
@@ -242,55 +279,63 @@ def cmd_query(args) -> int:
     from . import io
     from .colors import heat_colors
     from .data import FeatureCloud
-    from .pipeline import export_labels
-    from .query import QueryEngine
+    from .export import export_labels, object_labels
+    from .query import QueryEngine, group_objects, read_queries
+    if args.format and not args.labels:
+        raise InputError(None, "--format needs --labels (a label set with raw ids, e.g. scannet20, semantickitti19)")
+    texts = list(dict.fromkeys(args.text or (read_queries(args.queries) if args.queries else [])))
+    for text in texts:  # all checked before any work
+        if not text.strip() or len(text) > 500:
+            raise InputError(args.queries, f"every query must be 1-500 characters, got {text[:60]!r}")
     fc = FeatureCloud.load(args.features)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.labels:
         voc = _vocabulary(args.labels)
-        if fc.class_names:  # label-space features: a class is queried by its own name
-            from .eval import parse_classes
-            voc["vocabulary"] = list(parse_classes(args.labels).names)
-        summary = export_labels(out, fc, voc.pop("vocabulary"), **voc)
+        summary = export_labels(out, fc, voc.pop("vocabulary"), benchmark=args.format, scene=args.scene, **voc)
     else:
-        if not args.text.strip() or len(args.text) > 500:
-            raise InputError(None, "--text must be 1-500 characters")
-        eng = QueryEngine(fc)
-        heat = eng.heatmap(args.text)
-        objs = eng.objects(args.text, threshold=args.threshold, min_points=args.min_points)
-        stem = "".join(c if c.isalnum() else "_" for c in args.text)[:40]
-        for ext in ("ply", "npz"):
-            io.write(out / f"heatmap_{stem}.{ext}", fc.cloud, scores=heat, colors=heat_colors(heat),
-                     labels=_object_labels(len(heat), objs))
-        summary = {"query": args.text, "points_selected": int((heat >= args.threshold).sum()),
-                   "objects": [o.to_dict() for o in objs],
-                   "files": [str(out / f"heatmap_{stem}.ply"), str(out / f"heatmap_{stem}.npz")]}
-        (out / f"objects_{stem}.json").write_text(json.dumps(summary, indent=2))
+        eng = QueryEngine(fc)  # one engine: the text encoder loads at most once, and not at all on cache hits
+        results, stems = [], set()
+        for text in texts:
+            heat = eng.heatmap(text)
+            objs = group_objects(fc, heat, threshold=args.threshold, min_points=args.min_points)
+            stem = base = "".join(c if c.isalnum() else "_" for c in text)[:40]
+            k = 1
+            while stem in stems:  # "chair?" and "chair!" must not overwrite each other
+                k += 1
+                stem = f"{base}_{k}"
+            stems.add(stem)
+            for ext in ("ply", "npz"):
+                io.write(out / f"heatmap_{stem}.{ext}", fc.cloud, scores=heat, colors=heat_colors(heat),
+                         labels=object_labels(len(heat), objs))
+            result = {"query": text, "points_selected": int((heat >= args.threshold).sum()),
+                      "objects": [o.to_dict() for o in objs],
+                      "files": [str(out / f"heatmap_{stem}.ply"), str(out / f"heatmap_{stem}.npz")]}
+            (out / f"objects_{stem}.json").write_text(json.dumps(result, indent=2))
+            results.append(result)
+        if args.text is not None and len(args.text) == 1:  # one --text: the summary it always gave
+            summary = results[0]
+        else:
+            summary = {"queries": results, "files": [f for r in results for f in r["files"]]
+                       + [str(out / "queries.json")]}
+            (out / "queries.json").write_text(json.dumps(summary, indent=2))
     print_json(summary) if args.json else print("\n".join(f"wrote {f}" for f in summary["files"]))
     return 0
 
 
-def _object_labels(n: int, objs):
-    import numpy as np
-    lab = np.full(n, -1, np.int32)
-    for k, o in enumerate(objs):
-        lab[o.point_ids] = k
-    return lab
-
-
-
 def _eval_args(p):
-    p.add_argument("pred", help="predictions: a cloud with a label field (PLY 'label', LAS 'classification'), "
-                                "a label file (.npy, .label, .txt), or a FeatureCloud .npz (queried with --labels)")
+    p.add_argument("pred", help="predictions: a run/query export (labels.ply/.las/.npz: it declares its prediction "
+                                "field and label set), a cloud with one label field, a label file (.npy, .label, "
+                                ".txt), or a FeatureCloud .npz (labelled as its run labelled it, or with --labels)")
     p.add_argument("--gt", required=True, help="ground truth: a cloud with a label field or a label file")
     p.add_argument("--classes", help="GT label ids: a label set (pc_ovseg.eval.list_labelsets(), e.g. scannet20, "
                                      "semantickitti19, asprs), a JSON/.txt file, or comma-separated names by id "
-                                     "('ignore' = not evaluated)")
-    p.add_argument("--labels", help="the vocabulary that made PRED (same forms): a FeatureCloud PRED is queried with "
-                                    "it; a PRED file then holds positions in it, as 'pc-ovseg query/run --labels' "
-                                    "write them. Matched to --classes by class name")
-    p.add_argument("--pred-field", help="per-point field of PRED holding labels (default: label, classification, ...)")
+                                     "('ignore' = not evaluated); default for an export: the label set it declares")
+    p.add_argument("--labels", help="the vocabulary behind PRED (same forms): a FeatureCloud PRED is queried with "
+                                    "it; a plain label file then holds positions in it. Not needed for exports, "
+                                    "which declare theirs. Matched to --classes by class name")
+    p.add_argument("--pred-field", help="per-point field of PRED holding labels (default: the declared one, else the "
+                                        "only label-like field: label, classification, ...)")
     p.add_argument("--gt-field", help="per-point field of GT holding labels (default: label, classification, ...)")
     p.add_argument("--ignore", default="", help="more label ids not to evaluate, comma-separated, e.g. 0,255")
     p.add_argument("--remap-gt", action="store_true",
@@ -327,29 +372,39 @@ def cmd_eval(args) -> int:
 
 # --- distill / predict (backbone) ------------------------------------------------------------
 def _distill_args(p):
+    from .config import Num
     p.add_argument("fused", nargs="+", help="fused feature files (.npz from `pc-ovseg fuse`/`run`)")
     p.add_argument("--out", required=True, help="checkpoint to write (rewritten every epoch; rerun to resume)")
-    p.add_argument("--epochs", type=int, default=100)
-    p.add_argument("--max-minutes", type=float, default=None, help="stop after this much wall time")
-    p.add_argument("--voxel-size", type=float, default=0.02, help="metres: 0.02 indoor, 0.05 outdoor")
+    p.add_argument("--epochs", type=checked(Num(int, 1, 100_000)), default=100)
+    p.add_argument("--max-minutes", type=checked(Num(float, 0, None, open_lo=True, none=True)), default=None,
+                   help="wall-time budget: no step starts that would end past it (judged by the last step)")
+    p.add_argument("--voxel-size", type=checked(Num(float, 0, 100, open_lo=True)), default=0.02,
+                   help="metres: 0.02 indoor, 0.05 outdoor")
     p.add_argument("--color", action="store_true", help="use point colour as input (default: geometry only)")
     p.add_argument("--inputs", help="input features instead: ones, height, color, combined with '+'")
     p.add_argument("--arch", default="MinkUNet18A", help="MinkUNet14A, MinkUNet18A (OpenScene), MinkUNet18B, ...")
     p.add_argument("--planes", help="override the 8 layer widths, e.g. 16,32,64,128,64,64,48,48 (smaller = faster)")
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--batch-size", type=int, default=2, help="scenes per step (per process under torchrun)")
+    p.add_argument("--lr", type=checked(Num(float, 0, 10, open_lo=True)), default=1e-3)
+    p.add_argument("--batch-size", type=checked(Num(int, 1, 1024)), default=2,
+                   help="scenes per step (per process under torchrun)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1")
     p.add_argument("--no-resume", action="store_true", help="start over even if --out exists")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="a bar over the steps with loss and time/budget on stderr (default: when it is a terminal)")
     p.add_argument("--json", action="store_true")
 
 
 @command("distill", "train the 3D U-Net to predict fused features from geometry (torchrun for multi-GPU)")
 @arguments(_distill_args)
 def cmd_distill(args) -> int:
+    from pathlib import Path
+
     from .backbone.train import distill
+    from .config import resolve_device
     from .errors import InputError, check_input_path
     for f in args.fused:
         check_input_path(f)
+    resolve_device(args.device)
     overrides = {}
     if args.planes:
         try:
@@ -362,23 +417,34 @@ def cmd_distill(args) -> int:
     r = distill(args.fused, args.out, epochs=args.epochs, voxel_size=args.voxel_size, use_color=args.color,
                 inputs=args.inputs, arch=args.arch, lr=args.lr, batch_size=args.batch_size,
                 max_minutes=args.max_minutes, device=args.device, resume=not args.no_resume,
-                model_overrides=overrides)
+                progress=args.progress, model_overrides=overrides)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
+    loss_file = str(Path(r.checkpoint).with_suffix(".loss.csv"))  # the file train.py writes
+    # the numbers of the loss file: loss = mean of its last epoch's rows (a cut-short epoch counts)
     summary = {"checkpoint": r.checkpoint, "epochs": r.epochs, "steps": r.steps, "loss": r.last_loss,
+               "loss_epoch": r.loss_epoch, "loss_steps": r.loss_steps, "loss_file": loss_file,
                "seconds": round(r.seconds, 2), "stopped_early": r.stopped_early}
-    print_json(summary) if args.json else print(
-        f"wrote {r.checkpoint} (epoch {r.epochs}, loss {r.last_loss:.4f}, {r.seconds:.0f} s"
-        f"{', time budget reached' if r.stopped_early else ''})")
+    if args.json:
+        print_json(summary)
+        return 0
+    partial = f" + {r.loss_steps} steps of epoch {r.loss_epoch}" if r.loss_epoch > r.epochs else ""
+    budget = f" (time budget of {args.max_minutes:g} min reached)" if r.stopped_early else ""
+    loss = (f"last epoch mean loss {r.last_loss:.4f} (epoch {r.loss_epoch}, {r.loss_steps} steps in {loss_file})"
+            if r.loss_steps else "no step ran")
+    print(f"wrote {r.checkpoint}: {r.epochs} epochs{partial}, {r.steps} steps in {r.seconds:.0f} s{budget}; {loss}")
     return 0
 
 
 def _predict_args(p):
+    from .config import Num
     p.add_argument("checkpoint", help="a `pc-ovseg distill` checkpoint or an OpenScene MinkUNet18A checkpoint")
     p.add_argument("input", help="any cloud or mesh pc_ovseg reads (or a feature .npz: its cloud is used)")
     p.add_argument("--out", required=True, help="feature file to write (.npz, read by query/eval/view)")
-    p.add_argument("--tta", type=int, default=1, help="average over N voxelisations (rotated, shifted)")
-    p.add_argument("--voxel-size", type=float, default=None, help="override the checkpoint's voxel size")
+    p.add_argument("--tta", type=checked(Num(int, 1, 64)), default=1,
+                   help="average over N voxelisations (rotated, shifted)")
+    p.add_argument("--voxel-size", type=checked(Num(float, 0, 100, open_lo=True, none=True)), default=None,
+                   help="override the checkpoint's voxel size")
     p.add_argument("--layout", help="column layout of raw .bin/.npy input, e.g. xyzrgb")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true")
@@ -391,17 +457,19 @@ def cmd_predict(args) -> int:
 
     from .backbone.predict import predict
     from .errors import InputError, check_input_path
+    from .backbone.predict import load_model
+    from .config import resolve_device
+    from .data import FeatureCloud, is_feature_file
     check_input_path(args.input)
-    if args.tta < 1:
-        raise InputError(None, f"--tta must be >= 1, got {args.tta}")
+    device = resolve_device(args.device)
     t0 = time.perf_counter()
-    if args.input.endswith(".npz") and _is_feature_file(args.input):
-        from .data import FeatureCloud
+    model = load_model(args.checkpoint, voxel_size=args.voxel_size)  # cheap checks before reading the cloud
+    if args.input.endswith(".npz") and is_feature_file(args.input):
         cloud = FeatureCloud.load(args.input).cloud
     else:
         from .io import read_cloud
         cloud = read_cloud(args.input, layout=args.layout)
-    fc = predict(args.checkpoint, cloud, tta=args.tta, device=args.device, voxel_size=args.voxel_size)
+    fc = predict(model, cloud, tta=args.tta, device=device)
     fc.save(args.out)
     summary = {"features": args.out, "points": len(fc.cloud), "dim": int(fc.features.shape[1]), "tta": args.tta,
                "seconds": round(time.perf_counter() - t0, 2)}
@@ -409,29 +477,20 @@ def cmd_predict(args) -> int:
     return 0
 
 
-def _is_feature_file(path: str) -> bool:
-    import numpy as np
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            return "features" in z.files and "header" in z.files
-    except (OSError, ValueError):
-        return False
-
-
-
-
 # --- view (viewer) ---------------------------------------------------------------------------
 def _view_args(p):
+    from .config import Num
     p.add_argument("result", help="a FeatureCloud .npz (fused or distilled) or a plain cloud file")
-    p.add_argument("--port", type=int, default=0, help="port to serve on (default: a free one)")
+    p.add_argument("--port", type=checked(Num(int, 0, 65535)), default=0, help="port to serve on (default: a free one)")
     p.add_argument("--host", default="127.0.0.1", help="loopback address to bind (default 127.0.0.1)")
     p.add_argument("--no-browser", action="store_true", help="do not open a browser")
     p.add_argument("--screenshot", metavar="PATH", help="save the page as PNG in headless Chromium, then exit")
     p.add_argument("--query", help="start with this query's heatmap (also for --screenshot)")
     p.add_argument("--vocabulary", help="comma-separated class names for the label view")
     p.add_argument("--mode", choices=["rgb", "label", "heatmap", "coverage"], help="starting colour mode")
-    p.add_argument("--point-size", type=float, help="starting point size in pixels")
-    p.add_argument("--max-display-points", type=int, default=2_000_000,
+    p.add_argument("--point-size", type=checked(Num(float, 0, 100, open_lo=True, none=True)),
+                   help="starting point size in pixels")
+    p.add_argument("--max-display-points", type=checked(Num(int, 1, 100_000_000)), default=2_000_000,
                    help="subsample larger clouds for display; queries still use every point")
     p.add_argument("--layout", help="raw .bin/.npy column layout of a plain cloud, e.g. xyzrgb")
 
@@ -481,13 +540,20 @@ def cmd_view(args) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line (``pc-ovseg run: error: argument --zoom: must be >= 1, got 0``)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())}\n")
+
+
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """All subcommands; with ``only``, just that one gets its options (imports stay lazy, so
     `pc-ovseg info` never loads torch)."""
     from . import __version__
-    parser = argparse.ArgumentParser(prog="pc-ovseg", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="pc-ovseg", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"pc_ovseg {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name, (add_args, _, help_) in COMMANDS.items():
         p = sub.add_parser(name, help=help_, description=help_)
         if only is None or name == only:

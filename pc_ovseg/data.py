@@ -348,6 +348,9 @@ class FeatureCloud:
     ``encoder`` names the encoder spec whose text embeddings live in the same space (see
     pc_ovseg.encoders.get_encoder); ``class_names`` is set when the features are a label space
     (one-hot oracle features, fused label maps), where a class name is its own text embedding.
+    ``labelset`` is the result header of the labelling made from these features (names, ids,
+    prompts, LAS codes, colours; pc_ovseg.export.result_header), so evaluating the file labels
+    it the same way its exports were labelled.
     """
 
     cloud: PointCloud
@@ -357,6 +360,7 @@ class FeatureCloud:
     encoder: str = ""
     class_names: list[str] | None = None
     meta: dict = field(default_factory=dict)
+    labelset: dict | None = None
 
     @property
     def seen(self) -> np.ndarray:
@@ -379,22 +383,85 @@ class FeatureCloud:
         for k, v in c.fields.items():
             arrays[f"field.{k}"] = v
         header = {"encoder": self.encoder, "class_names": self.class_names, "meta": self.meta,
-                  "source": c.source, "format": "pc_ovseg.FeatureCloud/1"}
+                  "source": c.source, "format": "pc_ovseg.FeatureCloud/1", "labelset": self.labelset}
         arrays["header"] = np.frombuffer(json.dumps(header, default=str).encode(), np.uint8)
-        np.savez(path, **arrays)
+        problem = self.problem()
+        if problem:  # never write a result that load would refuse (e.g. NaN features)
+            from .errors import InputError
+            raise InputError(path, f"refusing to write an inconsistent result: {problem}")
+        from .store import atomic_write
+        with atomic_write(path) as tmp, open(tmp, "wb") as f:  # a killed run never leaves a torn result
+            np.savez(f, **arrays)
 
     @classmethod
     def load(cls, path) -> "FeatureCloud":
+        """Read and check a result: every array must agree with the points, features must be
+        finite, so a torn or edited file fails here in one line, not inside a later stage."""
         import json
-        from .errors import InputError
+        import zipfile
+
+        from .errors import InputError, check_input_path
+        check_input_path(path)
         try:
-            z = np.load(path, allow_pickle=False)
-            header = json.loads(bytes(z["header"]).decode())
-            fields = {k[6:]: z[k] for k in z.files if k.startswith("field.")}
-            cloud = PointCloud(z["xyz"], z["rgb"] if "rgb" in z.files else None,
-                               z["normals"] if "normals" in z.files else None, fields, z["origin"],
-                               source=header.get("source"))
-            return cls(cloud, z["features"], z["weight"], z["view_count"], header.get("encoder", ""),
-                       header.get("class_names"), header.get("meta", {}))
-        except (OSError, KeyError, ValueError) as exc:
+            with np.load(path, allow_pickle=False) as z:
+                if not isinstance(z, np.lib.npyio.NpzFile):
+                    raise ValueError("a single array, not an .npz archive")
+                header = json.loads(bytes(z["header"]).decode())
+                if not isinstance(header, dict):
+                    raise ValueError("its header is not a JSON object")
+                arrays = {k: z[k] for k in z.files if k != "header"}
+        except zipfile.BadZipFile as exc:
+            raise InputError(path, f"not a pc_ovseg feature file (not a readable .npz: {exc})") from None
+        except KeyError as exc:
+            raise InputError(path, f"not a pc_ovseg feature file (no {exc} array)") from None
+        except (OSError, ValueError, EOFError, UnicodeDecodeError) as exc:
             raise InputError(path, f"not a pc_ovseg feature file ({type(exc).__name__}: {exc})") from None
+        try:
+            fields = {k[6:]: v for k, v in arrays.items() if k.startswith("field.")}
+            cloud = PointCloud(arrays["xyz"], arrays.get("rgb"), arrays.get("normals"), fields,
+                               arrays.get("origin", np.zeros(3)), source=header.get("source"))
+            fc = cls(cloud, arrays["features"], arrays["weight"], arrays["view_count"],
+                     str(header.get("encoder") or ""), header.get("class_names"), header.get("meta") or {},
+                     header.get("labelset"))
+        except KeyError as exc:
+            raise InputError(path, f"not a pc_ovseg feature file (no {exc} array)") from None
+        except (ValueError, TypeError) as exc:
+            raise InputError(path, f"damaged feature file ({exc})") from None
+        problem = fc.problem()
+        if problem:
+            raise InputError(path, f"damaged feature file: {problem}")
+        return fc
+
+    def problem(self) -> str | None:
+        """What makes this result inconsistent (None when it is sound): checked on load and save."""
+        n = len(self.cloud)
+        f = self.features
+        if f.ndim != 2 or f.shape[0] != n:
+            return f"features have shape {f.shape}, expected ({n:,}, D) for {n:,} points"
+        if f.shape[1] == 0:
+            return "features have no dimensions"
+        for name in ("weight", "view_count"):
+            a = getattr(self, name)
+            if a.ndim != 1 or len(a) != n:
+                return f"{name} has shape {a.shape}, expected ({n:,},) for {n:,} points"
+        if not np.issubdtype(f.dtype, np.floating) or not np.issubdtype(self.weight.dtype, np.number):
+            return f"features must be floating point, got {f.dtype}"
+        if not np.isfinite(f).all():
+            return f"{int((~np.isfinite(f).all(1)).sum()):,} points have non-finite (NaN/inf) features"
+        if not np.isfinite(self.weight).all() or (self.weight < 0).any():
+            return "weights must be finite and >= 0"
+        if self.class_names is not None and (not isinstance(self.class_names, list) or len(self.class_names) != f.shape[1]):
+            return f"{len(self.class_names) if isinstance(self.class_names, list) else 'no'} class names for " \
+                   f"{f.shape[1]}-d label-space features"
+        return None
+
+
+def is_feature_file(path) -> bool:
+    """Whether ``path`` is a FeatureCloud .npz (one check for every command that takes either a
+    result or a plain cloud)."""
+    import zipfile
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return isinstance(z, np.lib.npyio.NpzFile) and "features" in z.files and "header" in z.files
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+        return False

@@ -90,7 +90,8 @@ def oracle_fuse(cloud: PointCloud, labels: np.ndarray, class_names: list[str], *
     ``labels`` are ids into ``class_names``; ids outside it, or named "ignore", give no vote.
     """
     from .fusion import FeatureFusion, view_visibility
-    from .pipeline import view_jobs
+    from .config import ViewsConfig
+    from .views import view_jobs
 
     class_names = list(class_names)
     lab = np.asarray(labels).astype(np.int64).reshape(-1)
@@ -99,7 +100,7 @@ def oracle_fuse(cloud: PointCloud, labels: np.ndarray, class_names: list[str], *
     lab = np.where(np.isin(lab, [i for i, n in enumerate(class_names) if n == "ignore"]), -1, lab)
     C = len(class_names)
     if views is None:
-        jobs = view_jobs(frames if frames is not None else cloud, cloud, max_views=max_views, **view_kw)
+        jobs = view_jobs(frames if frames is not None else cloud, cloud, ViewsConfig(max_views=max_views, **view_kw))
         views = (job.make() for job in jobs)
     fusion = FeatureFusion(len(cloud), C, fusion_cfg)
     done = []

@@ -83,9 +83,11 @@ def load_checkpoint(path: str | os.PathLike, *, what: str = "checkpoint", mmap: 
     try:
         return torch.load(p, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
-        bad = next((ln.strip() for ln in str(exc).splitlines() if "GLOBAL" in ln), "")
+        bad = next((ln.strip() for ln in str(exc).splitlines() if "global" in ln.lower()), "")
+        if not bad:  # not a pickle of objects at all: junk or a truncated stream
+            raise InputError(p, f"not a checkpoint (the {what} is truncated or not a PyTorch file)") from None
         raise InputError(p, f"refused to load this {what}: it holds Python objects, not just tensors and "
-                            f"plain data ({bad or 'unsupported pickle content'}); pc_ovseg never unpickles code. "
+                            f"plain data ({bad}); pc_ovseg never unpickles code. "
                             "Re-save it from trusted code as a state dict (torch.save(model.state_dict(), ...))"
                          ) from None
     except RuntimeError as exc:
@@ -94,9 +96,11 @@ def load_checkpoint(path: str | os.PathLike, *, what: str = "checkpoint", mmap: 
                 return torch.jit.load(p, map_location="cpu").state_dict()
             except Exception as exc2:  # noqa: BLE001 - a broken archive is bad input
                 raise InputError(p, f"cannot read {what} (TorchScript archive: {type(exc2).__name__})") from None
-        raise InputError(p, f"cannot read {what}: truncated or not a PyTorch file ({_first_line(exc)})") from None
+        raise InputError(p, f"not a checkpoint (the {what} is truncated or not a PyTorch file: "
+                            f"{_first_line(exc)})") from None
     except (EOFError, ValueError, OSError, zipfile.BadZipFile, AttributeError, TypeError) as exc:
-        raise InputError(p, f"cannot read {what}: truncated or not a PyTorch file ({type(exc).__name__})") from None
+        raise InputError(p, f"not a checkpoint (the {what} is truncated or not a PyTorch file: "
+                            f"{type(exc).__name__})") from None
 
 
 def save_checkpoint(obj, path: str | os.PathLike) -> None:

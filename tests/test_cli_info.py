@@ -12,7 +12,7 @@ import pc_ovseg
 
 # the subprocess imports the same pc_ovseg as this test (source tree or installed package)
 PKG_PARENT = Path(pc_ovseg.__file__).resolve().parents[1]
-LAYOUTS = {"scene0000_00.bin": "xyzrgb"}
+LAYOUTS = {"scene0000_00.bin": "xyzrgb", "scene0000_00_vert.npy": "xyzrgb"}
 SKIP = {".md", ".jpg", ".txt", ".png"}  # documentation and the images of RGB-D folders
 
 
@@ -39,7 +39,8 @@ def test_info_json_on_every_sample_file(shared_data):
         r = _info(p, "--json", *extra)
         assert r.returncode == 0, f"{p}: {r.stderr}"
         d = json.loads(r.stdout)
-        assert ("points" in d or "frames" in d) and "fields" in d and "bounds" in d, p
+        assert ("points" in d or "frames" in d) and "fields" in d, p
+        assert "bounds" in d or d["type"] == "labels", p
         seen[p.name] = d
     s = seen["sample_c.las"]
     assert s["points"] == 14408 and s["label_histogram"]["6"] == 12525 and s["label_histogram"]["2"] == 1368
@@ -52,6 +53,8 @@ def test_info_json_on_every_sample_file(shared_data):
     assert seen["scene.json"]["frames"] == 3 and "depth" not in seen["scene.json"]["fields"]
     assert seen["scene0000_00.bin"]["points"] == 40684
     assert seen["points_000000.npy"]["points"] == 90404 and "label_histogram" in seen["points_000000.npy"]
+    sem = seen["scene0000_00_sem_label.npy"]  # a label file is described, not refused
+    assert sem["type"] == "labels" and sem["points"] == 81369 and len(sem["label_histogram"]) > 10
     assert seen["autzen_trim.las"]["points"] == 110000 and seen["mvk-thin.las"]["points"] == 6280
 
 

@@ -1,7 +1,6 @@
 """Encoders: tiny random CLIP/SAM checkpoints loaded through the public path, on real 7-Scenes views."""
 from __future__ import annotations
 
-import argparse
 
 import numpy as np
 import pytest
@@ -10,10 +9,9 @@ import torch
 from pc_ovseg.data import Camera, View, ViewFeatures, _bilinear
 from pc_ovseg.errors import InputError, WeightsError
 from pc_ovseg.encoders import (
-    ClipEncoder, LabelEncoder, PrecomputedFeatures, PrecomputedLabels, ViewEncoder, add_encoder_args,
-    encode_text_with_templates, encoder_from_args, get_encoder, get_mask_source, label_map_features,
-    make_tiny_clip_checkpoint, make_tiny_sam_checkpoint, pool_regions, prompt_points, slic,
-    view_encoder_from_args)
+    ClipEncoder, LabelEncoder, PrecomputedFeatures, PrecomputedLabels, ViewEncoder,
+    encode_text_with_templates, get_encoder, get_mask_source, label_map_features,
+    make_tiny_clip_checkpoint, make_tiny_sam_checkpoint, pool_regions, prompt_points, slic)
 from pc_ovseg.encoders.sam import SAM_ARCHS, infer_arch, load_sam
 from pc_ovseg.encoders.view_encoder import mask_crops
 
@@ -380,24 +378,27 @@ def test_label_maps_become_label_space_features(shared_data, tmp_path):
     assert (sample[right] @ text == 1).all() and (sample[~right] @ text == 0).all()
 
 
-def test_cli_arguments_build_the_view_encoder(clip_spec, tmp_path):
-    p = add_encoder_args(argparse.ArgumentParser())
+def _encoder_config(*flags):
+    from pc_ovseg.cli import build_parser, run_config
+    return run_config(build_parser("fuse").parse_args(["fuse", "in.ply", "--out", "o", *flags])).encoder
+
+
+def test_cli_options_build_the_view_encoder(clip_spec):
     weights = clip_spec.split(":", 2)[2]
-    a = p.parse_args(["--clip-model", "pcovseg-tiny-ViT", "--clip-weights", weights, "--device", "cpu"])
-    assert (a.clip_model, a.masks, a.sam_model) == ("pcovseg-tiny-ViT", "auto", "auto")
-    enc = encoder_from_args(a)
+    cfg = _encoder_config("--clip-model", "pcovseg-tiny-ViT", "--clip-weights", weights, "--device", "cpu")
+    assert (cfg.clip_model, cfg.masks, cfg.sam_model) == ("pcovseg-tiny-ViT", "auto", "auto")
+    enc = cfg.build_encoder()
     assert enc.spec == clip_spec
-    ve = view_encoder_from_args(a, cache_dir=tmp_path, encoder=enc)
-    assert ve.masks.name == "superpixels" and ve.cache_dir == tmp_path
-    d = p.parse_args([])
+    ve = cfg.build(encoder=enc)
+    assert ve.masks.name == "superpixels" and ve.cache_dir is None  # the run's cache is the one feature store
+    d = _encoder_config()
     assert (d.clip_model, d.clip_weights) == ("ViT-B-16", "openai")
 
 
-def test_cli_sam_arguments(clip, sam_ckpt):
-    p = add_encoder_args(argparse.ArgumentParser())
-    a = p.parse_args(["--masks", "sam3d", "--sam-checkpoint", sam_ckpt, "--sam-pred-iou-thresh", "0.5",
-                      "--device", "cpu"])
-    ve = view_encoder_from_args(a, encoder=clip)
+def test_cli_sam_options(clip, sam_ckpt):
+    cfg = _encoder_config("--masks", "sam3d", "--sam-checkpoint", sam_ckpt, "--sam-pred-iou-thresh", "0.5",
+                          "--device", "cpu")
+    ve = cfg.build(encoder=clip)
     assert ve.masks.name == "sam3d" and ve.masks.pred_iou_thresh == 0.5 and ve.masks.model == "auto"
     with pytest.raises(WeightsError, match="--sam-checkpoint"):
-        view_encoder_from_args(p.parse_args(["--masks", "sam"]), encoder=clip)
+        _encoder_config("--masks", "sam").build(encoder=clip)

@@ -37,7 +37,7 @@ def test_run_7scenes_interrupt_resume(shared_data, tiny_clip, tmp_path):
     deadline = time.time() + 600
     vis_files = []
     while time.time() < deadline and proc.poll() is None:
-        vis_files = list(out.glob("cache/*/vis/*.npz"))
+        vis_files = list(out.glob("cache/*/vis-*/*.npz"))
         if len(vis_files) >= 2:
             break
         time.sleep(0.2)
@@ -46,7 +46,7 @@ def test_run_7scenes_interrupt_resume(shared_data, tiny_clip, tmp_path):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130
     assert len(err.strip().splitlines()) == 1 and "rerun to resume" in err
-    cached_before = len(list(out.glob("cache/*/vis/*.npz")))
+    cached_before = len(list(out.glob("cache/*/vis-*/*.npz")))
     assert cached_before >= 2
 
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
@@ -98,19 +98,18 @@ def test_run_reports_missing_weights_in_one_line(tmp_path):
 
 def test_rerun_reuses_the_camera_plan_and_every_view(shared_data, tiny_clip, tmp_path, monkeypatch):
     """A resumed run on a bare cloud neither plans cameras again nor recomputes a view."""
-    from argparse import Namespace
-
     from pc_ovseg import pipeline, views
+    from pc_ovseg.config import EncoderConfig, OutputConfig, RunConfig
     model, weights = tiny_clip
-    args = Namespace(clip_model=model, clip_weights=weights, masks="superpixels", device="cpu")
-    vocab = ["ground", "building", "vegetation"]
+    cfg = RunConfig(encoder=EncoderConfig(clip_model=model, clip_weights=weights, masks="superpixels", device="cpu"),
+                    output=OutputConfig(labels="ground,building,vegetation", progress=False))
     src = shared_data / "las" / "sample_c.las"
-    first = pipeline.run(str(src), tmp_path, vocab, encoder_args=args, progress=False)
+    first = pipeline.run(str(src), tmp_path, cfg)
     assert first["views_computed"] == first["views"] >= 8 and len(list(tmp_path.glob("cache/plan_*.json"))) == 1
 
     def no_planning(*a, **k):
         raise AssertionError("planned again")
-    monkeypatch.setattr(views, "plan_cameras", no_planning)
-    again = pipeline.run(str(src), tmp_path, vocab, encoder_args=args, progress=False)
+    monkeypatch.setattr(views.make, "plan_cameras", no_planning)
+    again = pipeline.run(str(src), tmp_path, cfg)
     assert again["views_cached"] == first["views"] and again["views_computed"] == 0
     assert again["label_counts"] == first["label_counts"]

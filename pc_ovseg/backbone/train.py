@@ -5,6 +5,9 @@ Loss: 1 - cosine(prediction, target) on voxels holding at least one point with a
 Runs on one CPU/GPU or under ``torchrun`` (DDP: NCCL on GPUs, gloo on CPUs; scenes are split by
 rank, rank 0 writes the checkpoint, CSV and PNG loss curve). The checkpoint is rewritten after
 every epoch; rerunning with the same output resumes from it.
+
+:func:`distill` composes the steps of :class:`Trainer` (``setup`` -> ``train_epoch`` ->
+``save``), so a trainer with other batches (e.g. datasets read from disk) reuses them.
 """
 from __future__ import annotations
 
@@ -13,9 +16,9 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -25,11 +28,12 @@ from torch.nn import functional as F
 from ..data import FeatureCloud
 from ..errors import InputError
 from ..store import load_checkpoint, save_checkpoint
-from .inputs import Augment, collate, input_channels, voxelize_scene
-from .model import MinkUNet, unet_spec
+from .inputs import Augment, VoxelScene, collate, input_channels, voxelize_scene
+from .model import MinkUNet, UNetSpec, unet_spec
 from .sparse import SparseTensor
 
 CKPT_FORMAT = "pc_ovseg.distill/1"
+LOSS_COLUMNS = ["epoch", "step", "loss", "lr", "started", "seconds"]
 
 
 @dataclass
@@ -37,16 +41,34 @@ class DistillResult:
     checkpoint: str
     epochs: int              # epochs completed in total (including resumed ones)
     steps: int
-    last_loss: float
+    last_loss: float         # mean loss of the loss file's last epoch (all its rows)
     seconds: float
     stopped_early: bool      # the time budget ran out
+    loss_epoch: int = 0      # the epoch last_loss averages (epochs + 1 when it was cut short)
+    loss_steps: int = 0      # its rows in the loss file
+
+
+@dataclass
+class TrainState:
+    """What a checkpoint resumes: completed epochs, optimiser steps and one loss row per step."""
+
+    epoch: int = 0
+    step: int = 0
+    history: list[dict] = field(default_factory=list)
+
+    def last_epoch_loss(self) -> tuple[int, float, int]:
+        """(epoch, mean loss, rows) of the loss file's last epoch: the number a run reports."""
+        if not self.history:
+            return 0, float("nan"), 0
+        e = self.history[-1]["epoch"]
+        rows = [h["loss"] for h in self.history if h["epoch"] == e]
+        return e, float(np.mean(rows)), len(rows)
 
 
 def select_device(device: str | torch.device | None = None) -> torch.device:
-    """'auto'/None -> CUDA when present, else CPU."""
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    """'auto'/None -> CUDA when present, else CPU (config.resolve_device checks the rest)."""
+    from ..config import resolve_device
+    return device if isinstance(device, torch.device) else torch.device(resolve_device(device))
 
 
 class _Scenes:
@@ -83,6 +105,149 @@ def cosine_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (1 - F.cosine_similarity(pred.float(), target.float(), dim=1, eps=1e-8)).mean()
 
 
+@dataclass(eq=False)
+class Trainer:
+    """One run's model, optimiser, cosine schedule, counters and time budget.
+
+    ``setup`` builds it (resuming from ``out_ckpt``), ``train_epoch`` runs optimiser steps over
+    the batches it is given and ``save`` writes the checkpoint and loss curve: the steps every
+    distillation trainer shares, whatever makes its batches.
+    """
+
+    model: MinkUNet
+    net: torch.nn.Module                 # the model, or its DDP wrapper
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    state: TrainState
+    spec: UNetSpec
+    out_ckpt: Path
+    epochs: int
+    meta: dict                           # stored in the checkpoint: encoder, class names, voxel size, ...
+    device: torch.device
+    amp: bool
+    rank: int = 0
+    world: int = 1
+    t0: float = 0.0                      # perf_counter at the run's start
+    max_minutes: float | None = None
+    last_step_s: float = 0.0             # duration of the last step: the estimate of the next one
+
+    @property
+    def deadline(self) -> float | None:
+        return None if self.max_minutes is None else self.t0 + 60 * self.max_minutes
+
+    @classmethod
+    def setup(cls, spec: UNetSpec, out_ckpt: str | os.PathLike, *, epochs: int, meta: dict, lr: float = 1e-3,
+              weight_decay: float = 1e-4, device: str | torch.device | None = None, amp: bool = True,
+              resume: bool = True, seed: int = 0, max_minutes: float | None = None,
+              t0: float | None = None) -> "Trainer":
+        """Join the torchrun group (if any), build model and AdamW, resume from ``out_ckpt`` when it
+        exists. ``t0`` (perf_counter) is when the run began: loss rows' times and the
+        ``max_minutes`` budget count from it."""
+        t0 = time.perf_counter() if t0 is None else t0
+        rank, world, local_rank = _dist_info()
+        if world > 1 and not dist.is_initialized():
+            backend = "nccl" if torch.cuda.is_available() and device not in ("cpu",) else "gloo"
+            dist.init_process_group(backend)
+        dev = select_device(device)
+        if dev.type == "cuda" and world > 1:
+            dev = torch.device("cuda", local_rank)
+            torch.cuda.set_device(dev)
+        out_ckpt = Path(out_ckpt)
+        torch.manual_seed(seed)
+        model = MinkUNet(spec).to(dev)
+        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+        state = _resume(out_ckpt, spec, model, opt) if resume and out_ckpt.exists() else TrainState()
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda e: 0.5 * (1 + math.cos(math.pi * min(e, epochs) / max(epochs, 1))),
+            last_epoch=state.epoch - 1)
+        net = model
+        if world > 1:
+            net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+        use_amp = amp and dev.type == "cuda"
+        return cls(model, net, opt, sched, torch.amp.GradScaler("cuda", enabled=use_amp), state, spec, out_ckpt,
+                   epochs, meta, dev, use_amp, rank, world, t0, max_minutes)
+
+    def out_of_time(self, now: float) -> bool:
+        """Would a step starting ``now`` end past the deadline, if it takes as long as the last
+        one? Agreed by all ranks, so DDP processes stop at the same step."""
+        deadline = self.deadline
+        late = deadline is not None and now + self.last_step_s > deadline
+        return _any_across(late, self.world, self.device)
+
+    def train_epoch(self, batches: Iterable[list[VoxelScene]], bar=None) -> tuple[list[float], bool]:
+        """One optimiser step per batch (voxelised scenes with targets; under DDP every rank must
+        give as many) -> (step losses, stopped). The deadline is checked before the epoch and
+        for each step as of its start, once its batch is made (so a finished epoch is never taken
+        for a stopped one); a stopped epoch does not count and does not advance the schedule."""
+        self.model.train()
+        losses, stopped = [], self.out_of_time(time.perf_counter())
+        it = iter(batches)
+        while not stopped:
+            started = time.perf_counter()
+            batch = next(it, None)
+            if batch is None:
+                break
+            if self.out_of_time(started):
+                stopped = True
+                break
+            losses.append(self._step(batch))
+            end = time.perf_counter()
+            self.last_step_s = end - started
+            s = self.state
+            s.step += 1
+            s.history.append({"epoch": s.epoch + 1, "step": s.step, "loss": losses[-1],
+                              "lr": self.opt.param_groups[0]["lr"], "started": round(started - self.t0, 3),
+                              "seconds": round(end - self.t0, 3)})
+            if bar is not None:
+                budget = "" if self.max_minutes is None else f"/{_mmss(60 * self.max_minutes)}"
+                bar.update(1)
+                bar.set_postfix_str(f"epoch {s.epoch + 1}/{self.epochs} loss {losses[-1]:.4f} "
+                                    f"time {_mmss(end - self.t0)}{budget}")
+        if not stopped:
+            self.sched.step()
+            self.state.epoch += 1
+        return losses, stopped
+
+    def _step(self, batch: list[VoxelScene]) -> float:
+        dev = self.device
+        coords, feats, _ = collate(batch, dev)
+        target = torch.from_numpy(np.concatenate([b.target for b in batch])).to(dev)
+        valid = torch.from_numpy(np.concatenate([b.valid for b in batch])).to(dev)
+        with torch.autocast(dev.type, dtype=torch.float16, enabled=self.amp):
+            pred = self.net(SparseTensor(feats, coords)).feats
+        loss = cosine_loss(pred[valid], target[valid]) if valid.any() else pred.sum() * 0
+        self.opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        return _mean_across(loss.detach(), self.world)
+
+    def save(self) -> None:
+        """Checkpoint (plain data only, so it reloads with weights_only), CSV and PNG; rank 0 writes."""
+        if self.rank != 0:
+            return
+        s = self.state
+        save_checkpoint({"format": CKPT_FORMAT, "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+                         "spec": self.spec.to_dict(), "epoch": s.epoch, "steps": s.step, "history": s.history,
+                         **self.meta}, self.out_ckpt)
+        write_loss_curve(s.history, self.out_ckpt.with_suffix(".loss.csv"), self.out_ckpt.with_suffix(".loss.png"))
+
+
+def _resume(path: Path, spec: UNetSpec, model, opt) -> TrainState:
+    ck = load_checkpoint(path, what="checkpoint to resume")
+    if not isinstance(ck, dict) or ck.get("format") != CKPT_FORMAT or ck.get("spec") != spec.to_dict():
+        raise InputError(path, "exists but was trained with another architecture or inputs; "
+                         "remove it or choose another --out")
+    try:
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        return TrainState(int(ck["epoch"]), int(ck.get("steps", 0)), list(ck.get("history", [])))
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise InputError(path, f"damaged checkpoint, cannot resume ({type(exc).__name__}); remove it "
+                               "or pass --no-resume") from None
+
+
 def distill(feature_clouds: Sequence[str | os.PathLike | FeatureCloud], out_ckpt: str | os.PathLike, *,
             epochs: int = 100, voxel_size: float = 0.02, use_color: bool = False, inputs: str | None = None,
             arch: str = "MinkUNet18A", lr: float = 1e-3, weight_decay: float = 1e-4, batch_size: int = 2,
@@ -93,103 +258,58 @@ def distill(feature_clouds: Sequence[str | os.PathLike | FeatureCloud], out_ckpt
 
     ``inputs`` names the per-point input features ('ones', 'height', 'color', combined with '+');
     by default 'color' when ``use_color`` else 'ones'. ``model_overrides`` change the
-    architecture (e.g. narrower ``planes`` for tests). ``max_minutes`` bounds the wall time; the
-    checkpoint then holds the last finished epoch plus the partial one's weights.
+    architecture (e.g. narrower ``planes`` for tests). ``max_minutes`` bounds the wall time: no
+    step starts that the last step's duration says would end past it; the checkpoint then holds
+    the last finished epoch plus the partial one's weights. ``progress`` (default: stderr is a
+    terminal) shows a bar over the steps with loss and time used of the budget.
     """
     t0 = time.perf_counter()
-    rank, world, local_rank = _dist_info()
-    if world > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() and device not in ("cpu",) else "gloo"
-        dist.init_process_group(backend)
-    dev = select_device(device)
-    if dev.type == "cuda" and world > 1:
-        dev = torch.device("cuda", local_rank)
-        torch.cuda.set_device(dev)
     scenes = _Scenes(feature_clouds)
     inputs = inputs or ("color" if use_color else "ones")
-    out_ckpt = Path(out_ckpt)
-
-    torch.manual_seed(seed)
     spec = unet_spec(arch, in_channels=input_channels(inputs), out_channels=scenes.dim, **(model_overrides or {}))
-    model = MinkUNet(spec).to(dev)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    start_epoch, history, step = 0, [], 0
-    if resume and out_ckpt.exists():
-        ck = load_checkpoint(out_ckpt, what="checkpoint to resume")
-        if not isinstance(ck, dict) or ck.get("format") != CKPT_FORMAT or ck.get("spec") != spec.to_dict():
-            raise InputError(out_ckpt, "exists but was trained with another architecture or inputs; "
-                             "remove it or choose another --out")
-        try:
-            model.load_state_dict(ck["model"])
-            opt.load_state_dict(ck["optimizer"])
-            start_epoch, history, step = int(ck["epoch"]), list(ck.get("history", [])), int(ck.get("steps", 0))
-        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-            raise InputError(out_ckpt, f"damaged checkpoint, cannot resume ({type(exc).__name__}); remove it "
-                                       "or pass --no-resume") from None
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda e: 0.5 * (1 + math.cos(math.pi * min(e, epochs) / max(epochs, 1))), last_epoch=start_epoch - 1)
-    net = model
-    if world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
-    use_amp = amp and dev.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-
-    mine = list(range(rank, len(scenes), world)) or [rank % len(scenes)]
-    n_steps = math.ceil(math.ceil(len(scenes) / world) / batch_size)  # same on every rank (DDP)
-    show = (sys.stderr.isatty() if progress is None else progress) and rank == 0
-    deadline = None if max_minutes is None else t0 + 60 * max_minutes
-    last_loss, stopped = float("nan"), False
     meta = {"encoder": scenes.encoder, "class_names": scenes.class_names, "voxel_size": voxel_size,
             "inputs": inputs, "arch": arch}
-    done = start_epoch
+    tr = Trainer.setup(spec, out_ckpt, epochs=epochs, meta=meta, lr=lr, weight_decay=weight_decay, device=device,
+                       amp=amp, resume=resume, seed=seed, max_minutes=max_minutes, t0=t0)
+    mine = list(range(tr.rank, len(scenes), tr.world)) or [tr.rank % len(scenes)]
+    n_steps = math.ceil(math.ceil(len(scenes) / tr.world) / batch_size)  # same on every rank (DDP)
+    show = (sys.stderr.isatty() if progress is None else progress) and tr.rank == 0
     from tqdm import tqdm
-    for epoch in range(start_epoch, epochs):
-        rng = np.random.default_rng([seed, epoch, rank])
-        order = [mine[i] for i in rng.permutation(len(mine))]
-        order = (order * (n_steps * batch_size // len(order) + 1))[: n_steps * batch_size]
-        model.train()
-        losses = []
-        bar = tqdm(range(n_steps), desc=f"distill epoch {epoch + 1}/{epochs}", disable=not show, leave=False)
-        for s in bar:
-            batch = []
-            for i in order[s * batch_size:(s + 1) * batch_size]:
-                fc = scenes[i]
-                tr = augment.transform(rng) if augment else None
-                batch.append(voxelize_scene(fc.cloud, voxel_size, inputs, transform=tr,
-                                            shift=rng.uniform(0, 1, 3) if augment else None,
-                                            jitter=augment.jitter if augment else 0.0, rng=rng,
-                                            features=fc.features, seen=fc.seen))
-            coords, feats, _ = collate(batch, dev)
-            target = torch.from_numpy(np.concatenate([b.target for b in batch])).to(dev)
-            valid = torch.from_numpy(np.concatenate([b.valid for b in batch])).to(dev)
-            with torch.autocast(dev.type, dtype=torch.float16, enabled=use_amp):
-                pred = net(SparseTensor(feats, coords)).feats
-            loss = cosine_loss(pred[valid], target[valid]) if valid.any() else pred.sum() * 0
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            step += 1
-            lv = _mean_across(loss.detach(), world)
-            losses.append(lv)
-            history.append({"epoch": epoch + 1, "step": step, "loss": lv, "lr": opt.param_groups[0]["lr"],
-                            "seconds": round(time.perf_counter() - t0, 2)})
-            bar.set_postfix(loss=f"{lv:.4f}")
-            if deadline is not None and _any_across(time.perf_counter() > deadline, world, dev):
-                stopped = True
-                break
-        last_loss = float(np.mean(losses)) if losses else last_loss
-        if not stopped:
-            sched.step()
-        done = epoch + (0 if stopped else 1)
-        if rank == 0:
-            _save(out_ckpt, model, opt, spec, done, step, history, meta)
-            write_loss_curve(history, out_ckpt.with_suffix(".loss.csv"), out_ckpt.with_suffix(".loss.png"))
-        if stopped:
-            break
-    if world > 1:
+    bar = tqdm(total=n_steps * max(epochs - tr.state.epoch, 0), desc="distill", unit="step", disable=not show)
+    stopped = False
+    while tr.state.epoch < epochs and not stopped:
+        rng = np.random.default_rng([seed, tr.state.epoch, tr.rank])
+        _, stopped = tr.train_epoch(_batches(scenes, mine, n_steps, batch_size, rng, voxel_size, inputs, augment),
+                                    bar=bar)
+        tr.save()
+    bar.close()
+    if tr.world > 1:
         dist.barrier()
-    return DistillResult(str(out_ckpt), done, step, last_loss, time.perf_counter() - t0, stopped)
+    loss_epoch, loss, loss_steps = tr.state.last_epoch_loss()
+    return DistillResult(str(tr.out_ckpt), tr.state.epoch, tr.state.step, loss, time.perf_counter() - t0,
+                         stopped, loss_epoch, loss_steps)
+
+
+def _batches(scenes: _Scenes, mine: list[int], n_steps: int, batch_size: int, rng: np.random.Generator,
+             voxel_size: float, inputs: str, augment: Augment | None):
+    """One epoch of augmented, voxelised batches over this rank's scenes, made as they are needed."""
+    order = [mine[i] for i in rng.permutation(len(mine))]
+    order = (order * (n_steps * batch_size // len(order) + 1))[: n_steps * batch_size]
+    for s in range(n_steps):
+        batch = []
+        for i in order[s * batch_size:(s + 1) * batch_size]:
+            fc = scenes[i]
+            tr = augment.transform(rng) if augment else None
+            batch.append(voxelize_scene(fc.cloud, voxel_size, inputs, transform=tr,
+                                        shift=rng.uniform(0, 1, 3) if augment else None,
+                                        jitter=augment.jitter if augment else 0.0, rng=rng,
+                                        features=fc.features, seen=fc.seen))
+        yield batch
+
+
+def _mmss(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    return f"{m}:{s:02d}"
 
 
 def _mean_across(v: torch.Tensor, world: int) -> float:
@@ -208,16 +328,11 @@ def _any_across(flag: bool, world: int, dev: torch.device) -> bool:
     return bool(t.item())
 
 
-def _save(path: Path, model, opt, spec, epoch: int, steps: int, history: list, meta: dict) -> None:
-    """Plain data only (tensors, numbers, strings, lists, dicts): it reloads with weights_only."""
-    save_checkpoint({"format": CKPT_FORMAT, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                     "spec": spec.to_dict(), "epoch": epoch, "steps": steps, "history": history, **meta}, path)
-
-
 def write_loss_curve(history: list[dict], csv_path: Path, png_path: Path | None = None, size=(640, 360)) -> None:
-    """Per-step losses as CSV and a small PNG line plot (drawn with PIL, no plotting dependency)."""
+    """Per-step losses as CSV (``started``/``seconds``: the step's start and end, seconds since the
+    run began) and a small PNG line plot (drawn with PIL, no plotting dependency)."""
     with open(csv_path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["epoch", "step", "loss", "lr", "seconds"])
+        w = csv.DictWriter(f, fieldnames=LOSS_COLUMNS)  # rows of older runs have no "started"
         w.writeheader()
         w.writerows(history)
     if png_path is None or not history:

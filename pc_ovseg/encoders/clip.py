@@ -22,6 +22,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import InputError, WeightsError
+from ..config import resolve_device
 from ..store import load_checkpoint
 from .base import ImageTextEncoder, l2_normalize, register_encoder
 
@@ -39,13 +40,6 @@ def _open_clip():
         open_clip.add_model_config(MODEL_CONFIG_DIR)
         _configs_added = True
     return open_clip
-
-
-def resolve_device(device: str | None = "auto") -> str:
-    import torch
-    if device in (None, "", "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return str(device)
 
 
 def hub_reachable(timeout: float = 2.0) -> bool:
@@ -187,8 +181,10 @@ class ClipEncoder(ImageTextEncoder):
 
     @classmethod
     def from_spec(cls, rest: str, **kw) -> "ClipEncoder":
-        model, _, weights = rest.partition(":")
-        return cls(model or "ViT-B-16", weights if _ else "openai", **kw)
+        """``<model>:<weights>``, where an ``hf-hub:``/``local-dir:`` model name holds a colon itself."""
+        prefix = next((p for p in ("hf-hub:", "local-dir:") if rest.startswith(p)), "")
+        model, sep, weights = rest[len(prefix):].partition(":")
+        return cls(prefix + model if (prefix or model) else "ViT-B-16", weights if sep else "openai", **kw)
 
     @property
     def spec(self) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..data import FrameSequence, Mesh
+from ..errors import InputError
 from ._common import count_summary
 
 LABEL_FIELDS = ("label", "labels", "classification", "semantic", "class")
@@ -20,7 +21,14 @@ ASPRS = {0: "never classified", 1: "unclassified", 2: "ground", 3: "low vegetati
 def describe(path, layout: str | None = None) -> dict:
     """Counts, fields, bounds, label histogram / organised grid; frames, intrinsics, depth range."""
     from . import read
-    obj = read(path, layout=layout)
+    try:
+        obj = read(path, layout=layout)
+    except InputError:
+        labels = _label_file(path)
+        if labels is None:
+            raise
+        return {"path": str(path), "type": "labels", "points": int(len(labels)), "fields": ["label"],
+                "label_field": "label", "label_histogram": count_summary(labels)}
     if isinstance(obj, FrameSequence):
         return _describe_frames(obj)
     d = {"path": str(path)}
@@ -115,3 +123,17 @@ def format_description(d: dict) -> str:
 def _bounds(b: dict) -> str:
     lo, hi = b["min"], b["max"]
     return "  ".join(f"{a}: {l:.3f} .. {h:.3f}" for a, l, h in zip("xyz", lo, hi))
+
+
+def _label_file(path) -> np.ndarray | None:
+    """A per-point label file (1-D .npy, SemanticKITTI .label, one id per line) is not a cloud,
+    but ``info`` on it should still say what it holds; None when it is not one either."""
+    import os
+
+    from .arrays import read_labels
+    if os.path.splitext(str(path))[1].lower() not in (".npy", ".label", ".txt"):
+        return None
+    try:
+        return read_labels(path)
+    except InputError:
+        return None

@@ -6,17 +6,19 @@ Queries always run on every point; only their answer is cut down to the displaye
 from __future__ import annotations
 
 import os
-import zipfile
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..colors import palette
 from ..data import FeatureCloud, PointCloud
 from ..errors import InputError, PcOvsegError, check_input_path
+from .up import AXES, detect_up, up_vector
 
 if TYPE_CHECKING:
+    from ..eval import LabelSet
     from ..query import QueryEngine
 
 #: Per-point fields of plain clouds that hold integer class labels (shown in "label" mode).
@@ -37,6 +39,13 @@ class ViewerScene:
     query_error: str | None = None        # why a result cannot be queried (e.g. missing weights)
     #: an engine built by the caller (e.g. with an already loaded text encoder); else built lazily
     query_engine: "QueryEngine | None" = field(default=None, repr=False)
+    up: str = "auto"                      # an AXES name, or "auto" (pc_ovseg.viewer.up.detect_up)
+    #: ``--labels``: a result's label view labels with it; a plain cloud's label field holds its
+    #: ids (its raw dataset ids with ``remap``)
+    labelset: "LabelSet | None" = None
+    remap: bool = False
+    #: the result header an export declares (pc_ovseg.export): its prediction field and classes
+    result_header: dict | None = None
 
     # -- construction -----------------------------------------------------------------------
     @classmethod
@@ -45,16 +54,26 @@ class ViewerScene:
 
     @classmethod
     def from_path(cls, path, *, layout: str | None = None, **kw) -> "ViewerScene":
-        """A FeatureCloud .npz (fused or distilled) or any cloud ``pc_ovseg.io.read_cloud`` reads."""
+        """A FeatureCloud .npz (fused or distilled) or any cloud ``pc_ovseg.io.read_cloud`` reads;
+        an export of ``pc-ovseg run`` shows its prediction in the classes it declares."""
+        from ..data import is_feature_file
         p = check_input_path(path)
         kw.setdefault("title", os.path.basename(p))
-        if _is_feature_cloud(p):
+        if p.lower().endswith(".npz") and is_feature_file(p):
             return cls.from_feature_cloud(FeatureCloud.load(p), **kw)
+        from ..export import labelset_from_header, read_result_header
         from ..io import read_cloud  # lazily: a result needs no cloud readers
         cloud = read_cloud(p, layout=layout)  # meshes come back as their vertices
         if len(cloud) == 0:
             raise InputError(p, "the cloud has no points")
-        return cls(cloud, None, **kw)
+        header = read_result_header(p)
+        if header is not None:
+            declared = labelset_from_header(header, p)
+            given = kw.get("labelset")
+            if given is not None and given.names != declared.names:
+                raise InputError(p, f"declares its classes ({declared.name}: {', '.join(declared.names[:4])}, "
+                                    f"...); leave --labels out")
+        return cls(cloud, None, result_header=header, **kw)
 
     def __post_init__(self):
         if self.features is not None and len(self.features.features) != len(self.cloud):
@@ -63,6 +82,8 @@ class ViewerScene:
             raise ValueError("query_engine was built for another feature cloud")
         if self.max_display_points < 1:
             raise ValueError("max_display_points must be >= 1")
+        if self.up != "auto" and self.up not in AXES:
+            raise ValueError(f"up must be 'auto' or one of {', '.join(AXES)}, got {self.up!r}")
 
     # -- display subset -------------------------------------------------------------------------
     @property
@@ -117,31 +138,72 @@ class ViewerScene:
         return float(np.percentile(np.sqrt((xyz.astype(np.float64) ** 2).sum(1)), 99))
 
     @cached_property
+    def up_axis(self) -> tuple[np.ndarray, str]:
+        """(unit up vector, what decided it) that the page orbits around."""
+        if self.up != "auto":
+            return up_vector(self.up), "--up"
+        return detect_up(self.cloud)
+
+    @cached_property
     def label_field(self) -> str | None:
-        for name in LABEL_FIELDS:
+        """The integer label field shown: the prediction an export declares, else the first of
+        LABEL_FIELDS (an export's carried-over input fields are prefixed ``input_``)."""
+        declared = (self.result_header or {}).get("pred_field")
+        for name in ([declared] if declared else []) + list(LABEL_FIELDS):
             v = self.cloud.fields.get(name)
             if v is not None and v.ndim == 1 and np.issubdtype(v.dtype, np.integer):
                 return name
         return None
 
     @cached_property
-    def _field_values(self) -> np.ndarray | None:
+    def field_legend(self) -> dict | None:
+        """The label field's classes: ``names``, ``colors`` and ``counts`` (over all points), and
+        ``none``, the name of points in no class, with ``none_count``; ``index`` is each point's
+        class position (-1: none).
+
+        Declared by an export: its classes and colours, -1 = unseen. With ``labelset``: its class
+        names and palette, so "label 7" reads as class 7 (raw id 7 with ``remap``). Else each
+        value is its own class, "label 7".
+        """
         if self.label_field is None:
             return None
-        return np.unique(self.cloud.fields[self.label_field])[:NO_LABEL]  # more is unreadable anyway
-
-    def field_label_names(self) -> list[str] | None:
-        values = self._field_values
-        return None if values is None else [f"{self.label_field} {int(x)}" for x in values]
+        values = self.cloud.fields[self.label_field].astype(np.int64)
+        none = None
+        if self.result_header is not None:
+            from ..export import labelset_from_header
+            ls = labelset_from_header(self.result_header)
+            ids, names, none = ls.ids, ls.names, "unseen"
+            colors = _header_colors(self.result_header, names)
+        elif self.labelset is not None:
+            from ..eval import remap_labels
+            ls = self.labelset
+            ids, names, none = ls.ids, ls.names, f"not a {ls.name} class"
+            colors = palette(len(names)).tolist()
+            if self.remap:
+                values = remap_labels(values, ls)
+        else:
+            ids = np.unique(values)[:NO_LABEL]  # more is unreadable anyway
+            names = [f"{self.label_field} {int(v)}" for v in ids]
+            colors = palette(len(names)).tolist()
+        pos = np.clip(np.searchsorted(ids, values), 0, max(len(ids) - 1, 0))
+        index = np.where(ids[pos] == values, pos, -1)
+        counts = np.bincount(index[index >= 0], minlength=len(ids))
+        if len(ids) >= NO_LABEL:  # a huge label set: only its classes present fit in a byte
+            keep = np.flatnonzero(counts)[:NO_LABEL - 1]
+            rank = np.full(len(ids), -1)
+            rank[keep] = np.arange(len(keep))
+            index = np.where(index >= 0, rank[np.maximum(index, 0)], -1)
+            names, colors, counts = [names[k] for k in keep], [colors[k] for k in keep], counts[keep]
+        return {"names": names, "colors": colors, "counts": counts.tolist(), "index": index,
+                "none": none, "none_count": int((index < 0).sum())}
 
     def field_labels(self) -> np.ndarray | None:
-        """A plain cloud's integer label field as uint8 indices into ``field_label_names()``."""
-        values = self._field_values
-        if values is None:
+        """A plain cloud's integer label field as uint8 positions in ``field_legend`` (NO_LABEL: none)."""
+        legend = self.field_legend
+        if legend is None:
             return None
-        shown = self.cloud.fields[self.label_field][self.display_ids]
-        idx = np.clip(np.searchsorted(values, shown), 0, len(values) - 1)
-        return np.where(values[idx] == shown, idx, NO_LABEL).astype(np.uint8)
+        idx = legend["index"][self.display_ids]
+        return np.where(idx >= 0, idx, NO_LABEL).astype(np.uint8)
 
     # -- queries --------------------------------------------------------------------------------
     @property
@@ -167,7 +229,9 @@ class ViewerScene:
         return self.query_engine
 
     def prepare(self) -> None:
-        """Build the query engine and run one query now, so the first real query is fast.
+        """Build the query engine, load its text encoder and run one query now, so the first real
+        query is fast: the engine and its encoder then serve every query of the server's lifetime
+        (texts seen before come from the disk cache the CLI shares).
 
         A result whose text encoder cannot be loaded (no weights here) stays viewable in its
         colour modes; the reason is shown instead of the query box.
@@ -175,26 +239,52 @@ class ViewerScene:
         if self.features is None or self.query_error is not None:
             return
         try:
+            self.engine.load_text_encoder()  # even if the warm-up query below is a cache hit
             self.engine.heatmap((self.default_vocabulary() or ["object"])[0])
         except PcOvsegError as err:
             self.query_error = str(err)
 
+    @cached_property
+    def result_labelset(self) -> "LabelSet | None":
+        """The label set of a result's label view: ``labelset``, else the one its exports were
+        labelled with (its result header), so the view shows the exports' labels and colours."""
+        if self.features is None:
+            return None
+        if self.labelset is None and self.features.labelset:
+            from ..export import labelset_from_header
+            return labelset_from_header(self.features.labelset)
+        return self.labelset
+
     def default_vocabulary(self) -> list[str]:
+        if self.result_labelset is not None:
+            return list(self.result_labelset.names)
         if self.features is not None and self.features.class_names:
             return list(self.features.class_names)
         return []
+
+    def label_colors(self, vocabulary: list[str]) -> list[list[int]]:
+        """The colours of a vocabulary's classes: the result header's for its own label set, else
+        the export palette by position (what ``pc-ovseg query --labels`` would write)."""
+        header = self.features.labelset if self.features is not None else None
+        if header and self.labelset is None and vocabulary == self.default_vocabulary():
+            return _header_colors(header, vocabulary)
+        return palette(len(vocabulary)).tolist()
 
     def heatmap(self, text: str) -> np.ndarray:
         """uint8 heat (0..255) of the displayed points; computed on all points."""
         heat = self.engine.heatmap(text)
         return np.round(heat[self.display_ids] * 255.0).astype(np.uint8)
 
-    def labels(self, vocabulary: list[str]) -> tuple[np.ndarray, list[int]]:
-        """(uint8 label per displayed point, NO_LABEL = unseen; per-class counts over all points)."""
-        res = self.engine.labels(vocabulary)
-        counts = np.bincount(res.labels[res.labels >= 0], minlength=len(vocabulary)).tolist()
+    def labels(self, vocabulary: list[str]) -> tuple[np.ndarray, list[int], int]:
+        """(uint8 label per displayed point, NO_LABEL = unseen; per-class counts and the unseen
+        count, over all points). The result's own label set labels with its prompts, as its
+        exports were."""
+        ls = self.result_labelset
+        res = self.engine.labels(ls if ls is not None and vocabulary == ls.names else vocabulary)
+        seen = res.labels >= 0
+        counts = np.bincount(res.labels[seen], minlength=len(vocabulary)).tolist()
         lab = res.labels[self.display_ids]
-        return np.where(lab >= 0, lab, NO_LABEL).astype(np.uint8), counts
+        return np.where(lab >= 0, lab, NO_LABEL).astype(np.uint8), counts, int((~seen).sum())
 
     def describe_point(self, display_index: int, vocabulary: list[str], k: int = 5) -> dict:
         """Everything the click panel shows about one displayed point."""
@@ -206,6 +296,10 @@ class ViewerScene:
             out["rgb"] = c.rgb[pid].tolist()
         if self.label_field is not None:
             out[self.label_field] = int(c.fields[self.label_field][pid])
+            legend = self.field_legend
+            if legend["none"] is not None:  # named classes: say which
+                k = int(legend["index"][pid])
+                out["class"] = legend["names"][k] if k >= 0 else legend["none"]
         if self.features is None:
             return out
         fc = self.features
@@ -225,11 +319,9 @@ class ViewerScene:
         return out
 
 
-def _is_feature_cloud(path: str) -> bool:
-    if not path.lower().endswith(".npz"):
-        return False
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            return "header" in z.files and "features" in z.files
-    except (OSError, ValueError, zipfile.BadZipFile):
-        return False
+def _header_colors(header: dict, names: list[str]) -> list[list[int]]:
+    """Colours a result header gives its classes (pc_ovseg.export.result_header), by name."""
+    given = {str(c.get("name")): c.get("rgb") for c in header.get("classes", [])}
+    pal = palette(len(names)).tolist()
+    return [[int(x) for x in given[n]] if isinstance(given.get(n), list) and len(given[n]) == 3 else pal[k]
+            for k, n in enumerate(names)]

@@ -19,7 +19,8 @@ from .render import SPLAT_SCALE, VIS_TOL_SPACING, splat_radius
 
 MAX_VIS_WIDTH = 640   # frames without depth are z-buffered at most this wide (speed; enough for visibility)
 # with discs up to 24 px there, so surfaces close to a hand-held camera stay closed
-MOSD_K = np.array([[525.0, 0, 319.5], [0, 525.0, 239.5], [0, 0, 1]])
+#: Kinect / PrimeSense intrinsics at 640x480 for organised clouds that carry none (mOSD, PCL grabbers).
+KINECT_K = np.array([[525.0, 0, 319.5], [0, 525.0, 239.5], [0, 0, 1]])
 
 
 def _progress(it, total: int, enabled: bool, desc: str):
@@ -192,7 +193,7 @@ def organized_view(cloud: PointCloud, K: np.ndarray | None = None) -> View:
     if cloud.grid_shape is None:
         raise InputError(cloud.source, "not an organised cloud (no grid shape): use render_view or frame_views")
     H, W = cloud.grid_shape
-    cam = Camera(MOSD_K, np.eye(4), 640, 480) if K is None else Camera(K, np.eye(4), W, H)
+    cam = Camera(KINECT_K, np.eye(4), 640, 480) if K is None else Camera(K, np.eye(4), W, H)
     if (cam.width, cam.height) != (W, H):
         cam = cam.scaled(W, H)
     xyz = cloud.xyz

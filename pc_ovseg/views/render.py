@@ -6,11 +6,10 @@ depth map, exactly as for posed RGB-D frames.
 """
 from __future__ import annotations
 
-from typing import Callable
-
 import numpy as np
 
 from .. import native
+from ..registry import Registry
 from ..data import Camera, Mesh, PointCloud, View
 from .cameras import camera_near
 from .geometry import point_normals, point_spacing
@@ -69,14 +68,9 @@ def _shade(normals: np.ndarray, rays: np.ndarray) -> np.ndarray:
     return 0.35 + 0.65 * cos
 
 
-SHADERS: dict[str, Callable] = {}
-
-
-def shader(name: str):
-    def deco(fn):
-        SHADERS[name] = fn
-        return fn
-    return deco
+#: shading name -> fn(cloud, ids, rays, depth) -> per-pixel intensity; extend with @SHADERS.register.
+SHADERS = Registry()
+shader = SHADERS.register
 
 
 @shader("rgb")
