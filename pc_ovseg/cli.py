@@ -243,8 +243,9 @@ def cmd_fuse(args) -> int:
         print(cfg.dump(), end="")
         return 0
     out = Path(args.out)
+    encoder = cfg.encoder.build()  # weights, device and masks fail before the input is read
     scene = load_scene(args.input, cfg.views, plan_cache=out / "cache", progress=cfg.output.progress)
-    fc, stats = fuse_scene(scene, cfg.encoder.build(), out / "cache", cfg, progress=cfg.output.progress)
+    fc, stats = fuse_scene(scene, encoder, out / "cache", cfg, progress=cfg.output.progress)
     fc.save(out / "fused.npz")
     summary = {"points": len(fc.cloud), "views": stats.views, "views_cached": stats.cached, "coverage": fc.coverage,
                "fused": str(out / "fused.npz"), "seconds": round(stats.seconds, 3),
@@ -261,8 +262,9 @@ def _query_args(p):
                    help="free-text query -> heatmap (and objects with --threshold); repeat it for several queries")
     g.add_argument("--queries", metavar="FILE",
                    help="a text file of queries, one per line (blank lines and # comments skipped), each as --text")
-    p.add_argument("--threshold", type=float, default=0.5, help="heatmap level that selects points")
-    p.add_argument("--min-points", type=int, default=20, help="smallest object kept")
+    from .config import Num
+    p.add_argument("--threshold", type=checked(Num(float, 0, 1)), default=0.5, help="heatmap level that selects points")
+    p.add_argument("--min-points", type=checked(Num(int, 1, None)), default=20, help="smallest object kept")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--format", choices=["scannet", "semantickitti"],
                    help="with --labels: also write the benchmark's prediction file (ScanNet <scene>.txt of "
@@ -281,6 +283,8 @@ def cmd_query(args) -> int:
     from .data import FeatureCloud
     from .export import export_labels, object_labels
     from .query import QueryEngine, group_objects, read_queries
+    if args.labels is not None and not args.labels.strip():
+        raise InputError(None, "--labels is empty: give a label set, a file, or comma-separated names")
     if args.format and not args.labels:
         raise InputError(None, "--format needs --labels (a label set with raw ids, e.g. scannet20, semantickitti19)")
     texts = list(dict.fromkeys(args.text or (read_queries(args.queries) if args.queries else [])))
@@ -493,6 +497,13 @@ def _view_args(p):
     p.add_argument("--max-display-points", type=checked(Num(int, 1, 100_000_000)), default=2_000_000,
                    help="subsample larger clouds for display; queries still use every point")
     p.add_argument("--layout", help="raw .bin/.npy column layout of a plain cloud, e.g. xyzrgb")
+    p.add_argument("--up", choices=["auto", "x", "y", "z", "-x", "-y", "-z"], default="auto",
+                   help="the data's up axis (default auto: from the camera poses of the frames the cloud "
+                        "was made from, else from its planes)")
+    p.add_argument("--labels", help="label set (scannet20, a JSON file or comma-separated names): a plain "
+                                    "cloud's label field holds its class ids; a result's label view uses it")
+    p.add_argument("--remap", action="store_true",
+                   help="with --labels: the label field holds the set's raw dataset ids (e.g. NYU40 ids)")
 
 
 @command("view", "show a result or cloud in a local web viewer and query it")
@@ -512,7 +523,14 @@ def cmd_view(args) -> int:
         raise InputError(None, f"--host {args.host}: the viewer serves on loopback addresses only")
     if args.max_display_points < 1:
         raise InputError(None, "--max-display-points must be at least 1")
-    scene = ViewerScene.from_path(args.result, layout=args.layout, max_display_points=args.max_display_points)
+    if args.remap and not args.labels:
+        raise InputError(None, "--remap needs --labels: the label set whose raw ids the field holds")
+    labelset = None
+    if args.labels:
+        from .eval import parse_classes
+        labelset = parse_classes(args.labels)
+    scene = ViewerScene.from_path(args.result, layout=args.layout, max_display_points=args.max_display_points,
+                                  up=args.up, labelset=labelset, remap=args.remap)
     scene.prepare()
     try:
         server = start_server(scene, args.host, args.port, quiet=not os.environ.get("PC_OVSEG_DEBUG"))

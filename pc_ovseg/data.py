@@ -403,9 +403,10 @@ class FeatureCloud:
         from .errors import InputError, check_input_path
         check_input_path(path)
         try:
-            with np.load(path, allow_pickle=False) as z:
-                if not isinstance(z, np.lib.npyio.NpzFile):
-                    raise ValueError("a single array, not an .npz archive")
+            z = np.load(path, allow_pickle=False)
+            if not isinstance(z, np.lib.npyio.NpzFile):
+                raise ValueError("a single array, not an .npz archive")
+            with z:
                 header = json.loads(bytes(z["header"]).decode())
                 if not isinstance(header, dict):
                     raise ValueError("its header is not a JSON object")
@@ -413,7 +414,7 @@ class FeatureCloud:
         except zipfile.BadZipFile as exc:
             raise InputError(path, f"not a pc_ovseg feature file (not a readable .npz: {exc})") from None
         except KeyError as exc:
-            raise InputError(path, f"not a pc_ovseg feature file (no {exc} array)") from None
+            raise InputError(path, f"not a pc_ovseg feature file ({exc.args[0] if exc.args else exc})") from None
         except (OSError, ValueError, EOFError, UnicodeDecodeError) as exc:
             raise InputError(path, f"not a pc_ovseg feature file ({type(exc).__name__}: {exc})") from None
         try:

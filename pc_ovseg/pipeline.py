@@ -212,17 +212,16 @@ def run(path: str, out_dir: str | Path, cfg: RunConfig | None = None, *, view_en
     t0 = time.perf_counter()
     cfg = cfg or RunConfig()
     voc = vocabulary(cfg.output.labels)  # a bad vocabulary or checkpoint fails now, before any view
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     distilled = None
     if cfg.output.distilled:
         from .backbone.predict import load_model
         distilled = load_model(cfg.output.distilled)
+    out = Path(out_dir)
+    if view_encoder is None:  # weights, device and masks fail here, before the input is read
+        view_encoder = cfg.encoder.build()
     t = time.perf_counter()
     scene = load_scene(path, cfg.views, plan_cache=out / "cache", progress=cfg.output.progress)
     t_load = time.perf_counter() - t
-    if view_encoder is None:
-        view_encoder = cfg.encoder.build()
     fc, stats = fuse_scene(scene, view_encoder, out / "cache", cfg, progress=cfg.output.progress)
     fc.save(out / "fused.npz")
     summary = {"input": str(path), "points": len(scene.cloud), "views": stats.views,

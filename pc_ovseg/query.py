@@ -119,6 +119,11 @@ class QueryEngine:
                     emb = label_space_embeddings(self.fc.class_names, batch)
                 else:
                     emb = self._encode_text(batch)
+                if emb.shape[1] != self.fc.features.shape[1]:  # a result edited or paired with another model
+                    from .errors import InputError
+                    raise InputError(None, f"the features are {self.fc.features.shape[1]}-d but encoder "
+                                           f"{self.fc.encoder!r} embeds text as {emb.shape[1]}-d: the result was "
+                                           "not made with this encoder")
                 for t, e in zip(batch, emb):
                     self._text_cache[t] = e.astype(np.float32)
                 bar.update(len(batch))

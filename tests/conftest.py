@@ -32,6 +32,18 @@ def _subprocesses_import_the_tested_package():
         os.environ["PYTHONSAFEPATH"] = old
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _user_caches_in_a_temporary_folder(tmp_path_factory):
+    """The text-embedding cache (``$PC_OVSEG_CACHE``) of tests never lands in the real home folder."""
+    old = os.environ.get("PC_OVSEG_CACHE")
+    os.environ["PC_OVSEG_CACHE"] = str(tmp_path_factory.mktemp("pc_ovseg_cache"))
+    yield
+    if old is None:
+        os.environ.pop("PC_OVSEG_CACHE", None)
+    else:
+        os.environ["PC_OVSEG_CACHE"] = old
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     d = shared_data_dir()

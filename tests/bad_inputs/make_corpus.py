@@ -49,6 +49,18 @@ def png16(arr) -> bytes:
     return b.getvalue()
 
 
+def png1(shape=(6, 8)) -> bytes:
+    b = io.BytesIO()
+    Image.fromarray(np.ones(shape, bool)).save(b, "PNG")  # PIL mode '1'
+    return b.getvalue()
+
+
+def npy_bytes(arr) -> bytes:
+    b = io.BytesIO()
+    np.save(b, arr)
+    return b.getvalue()
+
+
 def png8(shape=(6, 8, 3)) -> bytes:
     b = io.BytesIO()
     Image.fromarray(np.full(shape, 128, np.uint8)).save(b, "PNG")
@@ -119,6 +131,29 @@ def main():
     put("ply_ragged_faces_truncated.ply", faces_head(5) + np.zeros(9, "<f4").tobytes() + tri * 2
         + bytes([4]) + np.array([0, 1, 2, 1], "<i4").tobytes(), "malformed PLY")
     put("ply_no_format.ply", "ply\nelement vertex 3\nproperty float x\nproperty float y\nproperty float z\nend_header\n" + xyz, "no format")
+    # header counts that disagree with the data, and other mis-declared headers (issue #20)
+    pts3 = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0]], "<f4").tobytes()
+    put("ply_ascii_extra_rows.ply", ply_head(2) + xyz, "header says 2 vertices but the data holds 3")
+    put("ply_binary_extra_records.ply", ply_head(2, "binary_little_endian").encode() + pts3,
+        "header says 2 vertices but the data holds 3")
+    put("ply_binary_trailing_bytes.ply", ply_head(3, "binary_little_endian").encode() + pts3 + b"junk!", "bytes after")
+    lab = "property float x\nproperty float y\nproperty float z\nproperty float label\n"
+    put("ply_label_nan.ply", ply_head(3, props=lab) + "0 0 0 1\n1 0 0 nan\n0 1 0 2\n", "one integer per point")
+    put("ply_label_fraction.ply", ply_head(3, props=lab) + "0 0 0 1\n1 0 0 1.5\n0 1 0 2\n", "one integer per point")
+    put("ply_huge_coords.ply", ply_head(3) + "0 0 0\n1e20 0 0\n0 1 0\n", "implausible coordinates")
+    put("ply_duplicate_property.ply", ply_head(3, props=lab.replace("label", "x")) + "0 0 0 1\n1 0 0 1\n0 1 0 1\n",
+        "repeats property")
+    put("ply_duplicate_element.ply", ply_head(3, extra="element vertex 3\nproperty float x\nproperty float y\n"
+                                                      "property float z\n") + xyz + xyz, "repeats element")
+    lhead = lambda t: ply_head(3, "binary_little_endian", extra=f"element face 1\nproperty list {t} int vertex_indices\n").encode()  # noqa: E731
+    put("ply_list_negative_length.ply", lhead("char") + pts3 + bytes([255]) + np.array([0, 1, 2], "<i4").tobytes(), "list length")
+    put("ply_list_huge_length.ply", lhead("int") + pts3 + np.array([2 ** 30, 0, 1, 2], "<i4").tobytes(), "list length")
+    dbl = "property double x\nproperty double y\nproperty double z\n"
+    put("ply_meta_origin_nan.ply", ply_head(3, props=dbl).replace("element", "comment pc_ovseg origin [NaN, 0, 0]\nelement", 1)
+        + xyz, "origin")
+    meta = 'comment pc_ovseg field {"name": "q", "shape": [], "dtype": "|O"}\n'
+    put("ply_meta_field_object.ply", ply_head(3, props=dbl + "property float q\n").replace("element", meta + "element", 1)
+        + "0 0 0 1\n1 0 0 1\n0 1 0 1\n", "dtype")
     # --- PCD ------------------------------------------------------------------------------------
     pts = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0]], "<f4")
     put("pcd_truncated_binary.pcd", pcd_head(100, "binary").encode() + pts.tobytes(), "truncated")
@@ -143,9 +178,22 @@ def main():
     put("pcd_binary_garbage.pcd", bytes(range(256)) * 4, "not a PCD")
     put("pcd_organised_all_nan.pcd", pcd_head(4, width=2, height=2) + "nan nan nan\n" * 4, "no valid")
     put("pcd_bad_width.pcd", pcd_head(3).replace("WIDTH 3", "WIDTH three") + xyz, "non-integer")
+    put("pcd_count_zero.pcd", pcd_head(3, count="1 1 0") + xyz, "non-positive")
+    put("pcd_count_negative.pcd", pcd_head(3, count="1 -2 1") + xyz, "non-positive")
+    put("pcd_size_zero.pcd", pcd_head(3, size="4 0 4") + xyz, "non-positive")
+    put("pcd_size_negative.pcd", pcd_head(3, size="4 4 -4") + xyz, "non-positive")
+    put("pcd_count_huge.pcd", pcd_head(3, count=f"1 1 {10 ** 12}") + xyz, "implausible COUNT")
+    put("pcd_binary_extra_points.pcd", pcd_head(2, "binary").encode() + pts.tobytes(), "header says 2 points but the data holds 3")
+    put("pcd_binary_trailing.pcd", pcd_head(3, "binary").encode() + pts.tobytes() + b"junk!", "bytes after")
+    put("pcd_xyz_count2.pcd", pcd_head(3, count="2 1 1") + "0 0 0 0\n1 1 0 0\n0 0 1 0\n", "single values")
+    put("pcd_label_nan.pcd", pcd_head(3, fields="x y z label", size="4 4 4 4", type_="F F F F", count="1 1 1 1")
+        + "0 0 0 1\n1 0 0 nan\n0 1 0 2\n", "one integer per point")
     # --- LAS ------------------------------------------------------------------------------------
     import laspy
+    import datetime
+    day = datetime.date(2026, 11, 21)  # fixed creation date: the corpus regenerates byte-identical
     h = laspy.LasHeader(point_format=3, version="1.2")
+    h.creation_date = day
     h.scales = [0.01] * 3
     las = laspy.LasData(h)
     las.x, las.y, las.z = [0.0, 1.0, 2.0], [0.0, 1.0, 2.0], [0.0, 1.0, 2.0]
@@ -156,6 +204,7 @@ def main():
     put("las_bad_signature.las", b"LASX" + good[4:], "malformed LAS")
     put("las_header_only.las", good[:150], "malformed LAS")
     h0 = laspy.LasHeader(point_format=3, version="1.2")
+    h0.creation_date = day
     b0 = io.BytesIO()
     laspy.LasData(h0).write(b0)
     put("las_empty.las", b0.getvalue(), "no points")
@@ -166,6 +215,9 @@ def main():
     struct.pack_into("<I", huge, 107, 4_000_000_000)  # legacy point count: 4 billion points
     put("las_huge_count.las", bytes(huge), "malformed LAS")
     put("laz_garbage.laz", b"LASF" + bytes(400), "malformed LAS")
+    absurd = bytearray(good)
+    struct.pack_into("<3d", absurd, 131, 1e6, 1e6, 1e6)  # 1 km per unit: coordinates reach 2e8 m
+    put("las_absurd_extent.las", bytes(absurd), "implausible coordinates")
     # --- arrays ---------------------------------------------------------------------------------
     put("npy_garbage.npy", b"\x93NUMPY garbage garbage", "not a valid .npy")
     np.save(case("npy_1d.npy", "expected an (N, k)"), np.zeros(9, np.float32))
@@ -179,12 +231,23 @@ def main():
     np.savez(case("npz_no_points.npz", "no point array"), a=np.zeros(3), b=np.zeros(4))
     put("npz_bad_zip.npz", b"PK\x03\x04" + bytes(60), "not a valid .npz")
     np.savez(case("npz_rgb_mismatch.npz", "'rgb' must be"), xyz=np.zeros((4, 3), np.float32), rgb=np.zeros((3, 3), np.uint8))
+    # float64 coordinates read as float32 rows: the low words become absurd values (~1e35)
+    f64 = np.array([[0.25, 1.5, 2.75], [3.1, 4.2, 5.3], [6.4, 7.5, 8.6], [9.7, 1.8, 2.9]], "<f8")
+    put("bin_float64_as_float32.bin", f64.tobytes(), "wrong dtype or layout", layout="xyz")
+    put("bin_nan_coords.bin", np.array([[0, 0, 0], [np.nan, 1, 2]], "<f4").tobytes(), "--layout", layout="xyz")
+    np.save(case("npy_huge_coords.npy", "implausible coordinates"), np.array([[0, 0, 0], [1e30, 0, 0]], np.float32))
+    np.save(case("npy_label_nan.npy", "one integer per point", layout="xyzl"),
+            np.array([[0, 0, 0, 1], [1, 0, 0, np.nan], [0, 1, 0, 2]], np.float32))
+    np.savez(case("npz_label_nan.npz", "one integer per point"), xyz=np.zeros((3, 3), np.float32),
+             label=np.array([1, np.nan, 2], np.float32))
     # --- labels ---------------------------------------------------------------------------------
     np.save(case("labels_float.npy", "one integer per point", reader="read_labels"), np.zeros(5, np.float32))
     put("labels_bad_size.label", bytes(7), "whole number", reader="read_labels")
     put("labels_text.txt", "1\n2\nthree\n", "one integer per line", reader="read_labels")
     put("labels_fraction.txt", "1\n2.5\n", "non-integer", reader="read_labels")
     put("labels.csv", "1,2\n", "unknown label file type", reader="read_labels")
+    put("labels_inf.txt", "1\ninf\n", "NaN/Inf", reader="read_labels")
+    put("labels_huge.txt", "1\n1e30\n", "out of range", reader="read_labels")
     # --- meshes ---------------------------------------------------------------------------------
     put("mesh_garbage.obj", "this is not\nan obj file\n", "")
     put("mesh_bad_faces.off", "OFF\n3 1 0\n0 0 0\n1 0 0\n0 1 0\n3 0 1 7\n", "")
@@ -196,6 +259,7 @@ def main():
     seven("frames_bad_pose", "4x4", pose="1 0 0\n0 1 0\n0 0 1\n")
     seven("frames_pose_not_rotation", "orthonormal", pose="2 0 0 0\n0 1 0 0\n0 0 1 0\n0 0 0 1\n")
     seven("frames_depth_8bit", "8-bit", depth_img=png8((6, 8)))
+    seven("frames_depth_1bit", "1-bit", depth_img=png1())
     seven("frames_all_poses_invalid", "valid pose", pose="-inf -inf -inf -inf\n" * 4)
     seven("frames_corrupt_color", "not a readable image", color_img=b"\x89PNG\r\n\x1a\n" + bytes(20))
     os.makedirs(os.path.join(HERE, "folder_unknown_layout"), exist_ok=True)
@@ -235,6 +299,11 @@ def main():
     manifest("manifest_future_format.json", "unsupported manifest format",
              {"format": "pc_ovseg.frames/9", "intrinsics": INTR, "frames": [GOOD_FRAME]})
     manifest("manifest_unknown_kind.json", "neither", {"cameras": []})
+    manifest("manifest_depth_bool.json", "1-bit", {"intrinsics": INTR, "frames": [{**GOOD_FRAME, "depth": "m_img/d_bool.npy"}]},
+             {"m_img/d_bool.npy": npy_bytes(np.ones((6, 8), bool))})
+    manifest("manifest_depth_complex.json", "depth must hold numbers",
+             {"intrinsics": INTR, "frames": [{**GOOD_FRAME, "depth": "m_img/d_complex.npy"}]},
+             {"m_img/d_complex.npy": npy_bytes(np.full((6, 8), 1.5 + 1j, np.complex64))})
     manifest("scene_missing_image.json", "not found", {"intrinsics_4x4": np.eye(4).tolist(), "image_size_wh": [8, 6],
                                                        "images": [{"path": "posed/0.jpg", "camera_to_world": np.eye(4).tolist()}]})
     # --- paths ----------------------------------------------------------------------------------
@@ -248,6 +317,175 @@ def main():
         json.dump(dict(sorted(EXPECTED.items())), f, indent=1)
         f.write("\n")
     print(f"{len(EXPECTED)} cases")
+    commands()
+
+
+# --- whole commands: results, checkpoints, vocabularies, options ----------------------------------
+CMD_DIR = os.path.join(HERE, "commands")
+CASES: dict[str, dict] = {}
+
+
+def cmd(name: str, expect: str, *argv):
+    """One command line ({C} = this folder, {OUT} = a fresh output folder) that must fail with
+    exit 2 and one stderr line containing ``expect``, before doing any real work."""
+    CASES[name] = {"argv": [str(a) for a in argv], "expect": expect}
+
+
+def cput(name: str, data: bytes | str) -> str:
+    with open(os.path.join(CMD_DIR, name), "wb") as f:
+        f.write(data.encode() if isinstance(data, str) else data)
+    return "{C}/" + name
+
+
+def commands() -> None:
+    sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
+    import torch
+
+    from pc_ovseg.data import FeatureCloud, PointCloud
+    shutil.rmtree(CMD_DIR, ignore_errors=True)
+    os.makedirs(CMD_DIR)
+    rng = np.random.default_rng(0)
+    n = 64
+    xyz = rng.uniform(0, 1, (n, 3)).astype(np.float32)
+    cloud = cput("cloud.ply", ply_head(n) + "".join(f"{a:.4f} {b:.4f} {c:.4f}\n" for a, b, c in xyz))
+    gt = cput("gt.npy", npy_bytes(rng.integers(0, 3, n).astype(np.int32)))
+    feats = np.eye(3, dtype=np.float16)[rng.integers(0, 3, n)]
+    good = FeatureCloud(PointCloud(xyz), feats, np.ones(n, np.float32), np.ones(n, np.uint16),
+                        "labels:wall,floor,chair", ["wall", "floor", "chair"])
+    good.save(os.path.join(CMD_DIR, "fused_good.npz"))
+    raw = open(os.path.join(CMD_DIR, "fused_good.npz"), "rb").read()
+
+    def npz(name: str, **arrays) -> str:
+        b = io.BytesIO()
+        np.savez(b, **arrays)
+        return cput(name, b.getvalue())
+
+    def header(**kw) -> np.ndarray:
+        h = {"encoder": "labels:wall,floor,chair", "class_names": ["wall", "floor", "chair"], "meta": {},
+             "format": "pc_ovseg.FeatureCloud/1", **kw}
+        return np.frombuffer(json.dumps(h).encode(), np.uint8)
+
+    ok = dict(xyz=xyz, origin=np.zeros(3), features=feats, weight=np.ones(n, np.float32),
+              view_count=np.ones(n, np.uint16), header=header())
+    # fused results: opened by query, view, eval, distill, predict
+    results = {
+        "fused_junk.npz": (cput("fused_junk.npz", b"PK\x03\x04 this is not a zip archive" * 8), "not a readable .npz"),
+        "fused_truncated.npz": (cput("fused_truncated.npz", raw[: len(raw) // 2]), "not a pc_ovseg feature file"),
+        "fused_no_header.npz": (npz("fused_no_header.npz", **{k: v for k, v in ok.items() if k != "header"}),
+                                "header is not a file"),
+        "fused_bad_header.npz": (npz("fused_bad_header.npz", **{**ok, "header": np.frombuffer(b"{not json", np.uint8)}),
+                                 "not a pc_ovseg feature file"),
+        "fused_count_mismatch.npz": (npz("fused_count_mismatch.npz", **{**ok, "features": feats[:-5]}),
+                                     "expected (64, D) for 64 points"),
+        "fused_weight_mismatch.npz": (npz("fused_weight_mismatch.npz", **{**ok, "weight": np.ones(n + 3, np.float32)}),
+                                      "weight has shape"),
+        "fused_nan.npz": (npz("fused_nan.npz", **{**ok, "features": np.full_like(feats, np.nan)}), "non-finite"),
+        "fused_1d.npz": (npz("fused_1d.npz", **{**ok, "features": feats[:, 0]}), "features have shape"),
+        "fused_names_mismatch.npz": (npz("fused_names_mismatch.npz", **{**ok, "header": header(class_names=["a"])}),
+                                     "class names for 3-d"),
+        "fused_xyz_bad.npz": (npz("fused_xyz_bad.npz", **{**ok, "xyz": xyz[:, :2]}), "damaged feature file"),
+        "fused_negative_weight.npz": (npz("fused_negative_weight.npz", **{**ok, "weight": -np.ones(n, np.float32)}),
+                                      "weights must be finite"),
+        "fused_plain_array.npz": (cput("fused_plain_array.npz", npy_bytes(xyz)), "not a pc_ovseg feature file"),
+    }
+    for name, (path, expect) in results.items():
+        cmd(f"query {name}", expect, "query", path, "--labels", "wall,floor", "--out", "{OUT}")
+    for name in ("fused_junk.npz", "fused_count_mismatch.npz", "fused_nan.npz"):
+        path, expect = results[name]
+        cmd(f"query --text {name}", expect, "query", path, "--text", "a chair", "--out", "{OUT}")
+        cmd(f"distill {name}", expect, "distill", path, "--out", "{OUT}/s.pt", "--epochs", 1)
+        cmd(f"eval {name}", expect, "eval", path, "--gt", gt, "--classes", "wall,floor,chair")
+
+    # checkpoints: read by predict, distill (resuming), run --distilled, --clip-weights, --sam-checkpoint
+    class Payload:  # unpickling runs os.system; the loader must refuse it (the command is harmless anyway)
+        def __reduce__(self):
+            return (os.system, ("true",))
+    b = io.BytesIO()
+    torch.save({"format": "pc_ovseg.distill/1", "x": Payload()}, b)
+    cput("ckpt_code.pt", b.getvalue())
+    cput("ckpt_junk.pt", b"definitely not a checkpoint\n" * 4)
+    b = io.BytesIO()
+    torch.save({"w": torch.zeros(3)}, b)
+    cput("ckpt_truncated.pt", b.getvalue()[:200])
+    cput("ckpt_foreign.pt", b.getvalue())
+    b = io.BytesIO()
+    torch.save({"format": "pc_ovseg.distill/1", "model": {}}, b)
+    cput("ckpt_damaged.pt", b.getvalue())
+    b = io.BytesIO()
+    torch.save([1, 2, 3], b)
+    cput("ckpt_list.pt", b.getvalue())
+    ckpts = {"ckpt_code.pt": "refused", "ckpt_junk.pt": "not a checkpoint", "ckpt_truncated.pt": "not a checkpoint",
+             "ckpt_foreign.pt": "neither a pc_ovseg", "ckpt_damaged.pt": "damaged pc_ovseg checkpoint",
+             "ckpt_list.pt": "neither a pc_ovseg"}
+    for name, expect in ckpts.items():
+        cmd(f"predict {name}", expect, "predict", "{C}/" + name, cloud, "--out", "{OUT}/p.npz")
+    room = ["{C}/cloud.ply", "--labels", "wall,floor", "--out", "{OUT}", "--max-views", 1]
+    for name in ("ckpt_code.pt", "ckpt_junk.pt", "ckpt_damaged.pt"):
+        cmd(f"run --distilled {name}", ckpts[name], "run", *room, "--distilled", "{C}/" + name)
+    for name in ("ckpt_code.pt", "ckpt_junk.pt"):
+        cmd(f"run --clip-weights {name}", ckpts[name], "run", *room, "--clip-model", "pcovseg-tiny-ViT",
+            "--clip-weights", "{C}/" + name, "--masks", "superpixels")
+    cmd("distill resume from junk", "not a checkpoint", "distill", "{C}/fused_good.npz", "--out", "{C}/ckpt_junk.pt")
+    cmd("distill resume from code", "refused", "distill", "{C}/fused_good.npz", "--out", "{C}/ckpt_code.pt")
+
+    # vocabularies
+    cput("vocab_empty.txt", "")
+    cput("vocab_blank.txt", "\n  \n\n")
+    cput("vocab_binary.txt", bytes(range(256)))
+    cput("vocab_bad.json", "{\"names\": [")
+    vocab = {"empty --labels": ("", "empty"), "blank --labels": (" , ,", "class"),
+             "empty vocabulary file": ("{C}/vocab_empty.txt", "vocab_empty.txt"),
+             "blank vocabulary file": ("{C}/vocab_blank.txt", "vocab_blank.txt"),
+             "binary vocabulary file": ("{C}/vocab_binary.txt", "vocab_binary.txt"),
+             "broken JSON vocabulary": ("{C}/vocab_bad.json", "vocab_bad.json"),
+             "unknown label set": ("nosuchlabelset", "nosuchlabelset")}
+    for name, (arg, expect) in vocab.items():
+        cmd(f"query {name}", expect, "query", "{C}/fused_good.npz", "--labels", arg, "--out", "{OUT}")
+    for name in ("empty --labels", "unknown label set", "binary vocabulary file"):
+        arg, expect = vocab[name]
+        cmd(f"run {name}", expect, "run", "{C}/cloud.ply", "--labels", arg, "--out", "{OUT}")
+        cmd(f"eval --classes {name}", expect, "eval", "{C}/fused_good.npz", "--gt", gt, "--classes", arg)
+
+    # numeric options: refused at parse time, in one line naming the option
+    bad_run = {"--voxel-size": ["0", "-1", "nan", "inf"], "--max-views": ["0", "-3", "two"], "--min-views": ["0"],
+               "--zoom": ["0", "-1"], "--blend": ["nan", "1.5"], "--dense-short-side": ["0"],
+               "--width": ["0", "100000"], "--height": ["-480"], "--tta": ["0"], "--sam-points-per-side": ["0"],
+               "--sam-pred-iou-thresh": ["nan"], "--cloud-frames": ["0"]}
+    for opt, values in bad_run.items():
+        for v in values:
+            cmd(f"run {opt} {v}", f"argument {opt}", "run", *room[:5], opt, v)
+    for opt, v in (("--epochs", "-1"), ("--lr", "nan"), ("--lr", "0"), ("--batch-size", "0"),
+                   ("--max-minutes", "0"), ("--voxel-size", "nan")):
+        cmd(f"distill {opt} {v}", f"argument {opt}", "distill", "{C}/fused_good.npz", "--out", "{OUT}/s.pt", opt, v)
+    for opt, v in (("--tta", "0"), ("--voxel-size", "-1")):
+        cmd(f"predict {opt} {v}", f"argument {opt}", "predict", "{C}/ckpt_junk.pt", cloud, "--out", "{OUT}/p.npz", opt, v)
+    for opt, v in (("--port", "70000"), ("--port", "-1"), ("--max-display-points", "0"), ("--point-size", "nan")):
+        cmd(f"view {opt} {v}", f"argument {opt}", "view", "{C}/fused_good.npz", "--no-browser", opt, v)
+    for opt, v in (("--threshold", "nan"), ("--min-points", "-1")):
+        cmd(f"query {opt} {v}", f"argument {opt}", "query", "{C}/fused_good.npz", "--text", "chair",
+            "--out", "{OUT}", opt, v)
+    cmd("render --width 0", "argument --width", "render", cloud, "--out", "{OUT}", "--width", "0")
+    cmd("run --device", "cuda:7", "run", *room[:5], "--device", "cuda:7")
+    cmd("predict --device", "nonsense", "predict", "{C}/ckpt_junk.pt", cloud, "--out", "{OUT}/p.npz",
+        "--device", "nonsense")
+    cmd("eval --ignore", "--ignore", "eval", "{C}/fused_good.npz", "--gt", gt, "--ignore", "a,b")
+
+    # run configuration files
+    cput("config_unknown.yaml", "views:\n  max_view: 3\n")
+    cput("config_section.yaml", "viewz:\n  max_views: 3\n")
+    cput("config_range.yaml", "views:\n  zoom: 0\n")
+    cput("config_type.yaml", "fusion:\n  segments: lots\n")
+    cput("config_broken.yaml", "views: [\n")
+    cput("config_list.json", "[1, 2]")
+    for name, expect in (("config_unknown.yaml", "unknown option views.max_view"),
+                         ("config_section.yaml", "unknown section 'viewz'"), ("config_range.yaml", "views.zoom"),
+                         ("config_type.yaml", "fusion.segments"), ("config_broken.yaml", "not valid YAML"),
+                         ("config_list.json", "mapping")):
+        cmd(f"run --config {name}", expect, "run", *room[:5], "--config", "{C}/" + name)
+    with open(os.path.join(CMD_DIR, "cases.json"), "w") as f:
+        json.dump(dict(sorted(CASES.items())), f, indent=1)
+        f.write("\n")
+    print(f"{len(CASES)} command cases")
 
 
 if __name__ == "__main__":
