@@ -1,7 +1,8 @@
 """pc-ovseg view: HTTP API and end-to-end in headless Chromium on a result with known answers.
 
 The result is the SemanticKITTI sample with one-hot features from its ground-truth labels (the
-oracle), so "car" is a query whose right answer is exactly the car points.
+oracle), so "car" is a query whose right answer is exactly the car points; it carries a result
+header (as `pc-ovseg run` writes one) whose colour for "car" is its own.
 """
 from __future__ import annotations
 
@@ -9,19 +10,26 @@ import base64
 import io
 import json
 import os
+import re
 import signal
 import socket
 import struct
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 
 import numpy as np
 import pytest
 
+from pc_ovseg import io as pcio
 from pc_ovseg.cli import main
+from pc_ovseg.colors import UNSEEN_RGB, palette
 from pc_ovseg.data import FeatureCloud, PointCloud
+from pc_ovseg.errors import InputError
+from pc_ovseg.eval import LabelSet, load_labelset, remap_labels
+from pc_ovseg.export import export_labels, result_header
 from pc_ovseg.viewer import BrowserError, ViewerScene, start_server
 from pc_ovseg.viewer.browser import headless_page, wait_ready
 from pc_ovseg.viewer.server import MAX_BODY, MAX_JSON_DEPTH, STATIC_DIR, ViewerHandler
@@ -30,6 +38,7 @@ KITTI_NAMES = ["unlabeled", "car", "bicycle", "motorcycle", "truck", "other-vehi
                "motorcyclist", "road", "parking", "sidewalk", "other-ground", "building", "fence", "vegetation",
                "trunk", "terrain", "pole", "traffic-sign"]
 CAR = KITTI_NAMES.index("car")
+CAR_RGB = [250, 0, 250]  # the header's colour for car, not the palette's
 
 
 # ---- fixtures -------------------------------------------------------------------------------
@@ -41,8 +50,10 @@ def kitti(shared_data, tmp_path_factory):
     feats = np.eye(len(KITTI_NAMES), dtype=np.float16)[gt]
     views = (np.arange(len(xyz)) % 5).astype(np.uint16)  # a known coverage pattern, 0 = unseen
     weight = (views > 0).astype(np.float32)
+    header = result_header(LabelSet.from_names(KITTI_NAMES, "kitti-test"))
+    header["classes"][CAR]["rgb"] = CAR_RGB
     fc = FeatureCloud(PointCloud(xyz, origin=np.array([1000.0, 2000.0, 10.0])), feats, weight, views,
-                      "labels", KITTI_NAMES, {"note": "one-hot oracle features"})
+                      "labels", KITTI_NAMES, {"note": "one-hot oracle features"}, header)
     path = tmp_path_factory.mktemp("viewer") / "kitti_oracle.npz"
     fc.save(path)
     return {"path": path, "xyz": xyz, "gt": gt, "seen": weight > 0, "views": views}
@@ -106,6 +117,14 @@ def test_heatmap_and_labels_are_exact_on_oracle_features(server, kitti):
     assert (labels[~kitti["seen"]] == 255).all()
     counts = list(map(int, headers["X-Label-Counts"].split(",")))
     assert counts == np.bincount(kitti["gt"][kitti["seen"]], minlength=len(KITTI_NAMES)).tolist()
+    assert int(headers["X-Unseen-Count"]) == (~kitti["seen"]).sum()
+    colors = [list(map(int, c.split(","))) for c in headers["X-Label-Colors"].split(";")]
+    expected = palette(len(KITTI_NAMES)).tolist()
+    expected[CAR] = CAR_RGB  # the result header's colours for its own label set
+    assert colors == expected
+    # another vocabulary: the export palette by position, as `pc-ovseg query --labels` writes it
+    headers = post(server, "/api/labels", {"vocabulary": ["road", "car"]})[2]
+    assert headers["X-Label-Colors"] == ";".join(",".join(map(str, c)) for c in palette(2).tolist())
 
 
 def test_pick_gives_label_score_and_top5(server, kitti):
@@ -327,6 +346,127 @@ def test_plain_cloud_label_field_gives_the_label_view(shared_data):
         srv.server_close()
 
 
+# ---- up axis -----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def kitchen(shared_data):
+    """A cloud from 5 frames of the 7-Scenes kitchen: in its first camera's frame (y down, tilted)."""
+    from pc_ovseg.views import cloud_from_frames
+    return cloud_from_frames(pcio.read_frames(shared_data / "7scenes-redkitchen"), max_frames=5, progress=False)
+
+
+def angle(a, b) -> float:
+    return float(np.degrees(np.arccos(np.clip(np.dot(a, b) / np.linalg.norm(a) / np.linalg.norm(b), -1, 1))))
+
+
+def test_up_of_an_rgbd_cloud_comes_from_its_camera_poses(kitchen):
+    up, source = ViewerScene(kitchen).up_axis
+    assert source == "camera poses" and angle(up, [0, -1, 0]) < 40  # y-ish, y down (OpenCV poses)
+    # the shape alone agrees: the floor and worktops are the planes most normals share
+    geo, source = ViewerScene(PointCloud(kitchen.xyz, kitchen.rgb)).up_axis
+    assert source == "geometry" and angle(up, geo) < 8
+    # the mean camera up is not it: the first camera looked down, so its -y is tilted
+    assert angle(up, [0, -1, 0]) > 15
+
+
+@pytest.mark.parametrize("rel", ["scannet-scene0000-labelled/scene0000_00_vert.npy", "las/sample_c.las",
+                                 "las/autzen_trim.las", "semantickitti/points_000000.npy"])
+def test_up_of_scans_is_z_from_geometry(shared_data, rel):
+    path = shared_data / rel
+    scene = ViewerScene.from_path(path, layout="xyzrgb" if "scannet" in rel else None)
+    up, source = scene.up_axis
+    assert source == "geometry" and up.tolist() == [0, 0, 1]
+
+
+def test_up_given_and_served(kitchen):
+    scene = ViewerScene(kitchen, up="-z")
+    srv = start_server(scene)
+    try:
+        info = json.loads(get(srv, "/api/info")[0])
+        assert info["up"] == [0, 0, -1] and info["up_source"] == "--up"
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    with pytest.raises(ValueError, match="up must be"):
+        ViewerScene(kitchen, up="sideways")
+
+
+# ---- label identity --------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def scannet_plys(shared_data, tmp_path_factory):
+    """The labelled ScanNet vertices as two PLYs: NYU40 ids (ScanNet's own), and ScanNet-20 ids."""
+    d = shared_data / "scannet-scene0000-labelled"
+    v = np.load(d / "scene0000_00_vert.npy")
+    nyu40 = np.load(d / "scene0000_00_sem_label.npy").astype(np.int32)
+    ids = remap_labels(nyu40, load_labelset("scannet20"))  # -1: not a ScanNet-20 class
+    out = tmp_path_factory.mktemp("scannet")
+    for name, lab in (("nyu40", nyu40), ("scannet20", ids)):
+        pcio.write(out / f"{name}.ply", PointCloud(v[:, :3], v[:, 3:].astype(np.uint8), fields={"label": lab}))
+    return {"dir": out, "ids": ids}
+
+
+def test_labels_option_names_a_plain_clouds_label_field(scannet_plys):
+    ls = load_labelset("scannet20")
+    ids = scannet_plys["ids"]
+    plain = ViewerScene.from_path(scannet_plys["dir"] / "scannet20.ply")
+    assert plain.field_legend["names"][:3] == ["label -1", "label 0", "label 1"]
+    named = ViewerScene.from_path(scannet_plys["dir"] / "scannet20.ply", labelset=ls)
+    raw = ViewerScene.from_path(scannet_plys["dir"] / "nyu40.ply", labelset=ls, remap=True)
+    for scene in (named, raw):
+        legend = scene.field_legend
+        assert legend["names"] == ls.names and legend["colors"] == palette(20).tolist()
+        assert legend["counts"] == np.bincount(ids[ids >= 0], minlength=20).tolist()
+        assert legend["none"] == "not a scannet20 class" and legend["none_count"] == (ids < 0).sum()
+        np.testing.assert_array_equal(scene.field_labels(), np.where(ids >= 0, ids, 255))
+    table = int(np.flatnonzero(ids == ls.names.index("table"))[0])
+    assert named.describe_point(table, [])["label"] == 6 and named.describe_point(table, [])["class"] == "table"
+    assert raw.describe_point(table, [])["label"] == 7 and raw.describe_point(table, [])["class"] == "table"
+
+
+def test_an_export_shows_its_declared_prediction_and_colours(tmp_path):
+    rng = np.random.default_rng(0)
+    n, names = 3000, ["floor", "wall", "chair"]
+    truth = rng.integers(0, 3, n)
+    weight = (np.arange(n) % 7 > 0).astype(np.float32)
+    cloud = PointCloud(rng.random((n, 3)), fields={"label": np.full(n, 9, np.int32)})  # an input field named label
+    fc = FeatureCloud(cloud, np.eye(3, dtype=np.float16)[truth], weight, (weight > 0).astype(np.uint16), "labels", names)
+    export_labels(tmp_path, fc, LabelSet.from_names(names, "room"), formats=("ply", "las"))
+    header = result_header(LabelSet.from_names(names, "room"))
+    for path in (tmp_path / "labels.ply", tmp_path / "labels.las"):
+        scene = ViewerScene.from_path(path)
+        legend = scene.field_legend
+        assert scene.label_field == "label" and legend["names"] == names, path
+        assert legend["colors"] == [c["rgb"] for c in header["classes"]]
+        assert legend["none"] == "unseen" and legend["none_count"] == (weight == 0).sum()
+        seen = weight > 0
+        np.testing.assert_array_equal(scene.field_labels()[seen], truth[seen])
+    with pytest.raises(InputError, match="declares its classes"):
+        ViewerScene.from_path(tmp_path / "labels.ply", labelset=load_labelset("scannet20"))
+
+
+def test_cli_view_label_options(scannet_plys, capsys):
+    ply = str(scannet_plys["dir"] / "nyu40.ply")
+    assert main(["view", ply, "--remap", "--no-browser"]) == 2
+    assert "--remap needs --labels" in capsys.readouterr().err
+    assert main(["view", ply, "--labels", "nosuchset", "--no-browser"]) == 2
+    assert "nosuchset" in capsys.readouterr().err
+
+
+# ---- timing ----------------------------------------------------------------------------------------
+def test_server_time_counts_the_whole_answer(kitti, monkeypatch):
+    scene = ViewerScene.from_path(kitti["path"])
+    slow = scene.heatmap
+    monkeypatch.setattr(scene, "heatmap", lambda text: (time.sleep(0.2), slow(text))[1])
+    srv = start_server(scene)
+    try:
+        t0 = time.perf_counter()
+        status, _, headers = post(srv, "/api/heatmap", {"query": "car"})
+        total = (time.perf_counter() - t0) * 1e3
+        assert status == 200 and 200 <= float(headers["X-Query-Ms"]) <= total
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
 def test_cli_refuses_non_loopback_hosts_and_bad_files(kitti, tmp_path, capsys):
     assert main(["view", str(kitti["path"]), "--host", "0.0.0.0", "--no-browser"]) == 2
     assert "loopback" in capsys.readouterr().err
@@ -427,8 +567,10 @@ def test_browser_query_heatmap_labels_click_and_screenshot(page, server, kitti, 
     # label view over the full vocabulary: pixels take their class's legend colour
     page.fill("#vocabulary", ", ".join(KITTI_NAMES))
     page.click("#apply-vocab")
-    page.wait_for_function("() => pcViewer.state.mode === 'label' && pcViewer.pending === 0 && pcViewer.legend.length === 20")
+    page.wait_for_function("() => pcViewer.state.mode === 'label' && pcViewer.pending === 0 && pcViewer.legend.length === 21")
     legend = page.evaluate("() => pcViewer.legend.map(e => e.color)")
+    names = page.evaluate("() => pcViewer.legend.map(e => e.name)")
+    assert names == KITTI_NAMES + ["unseen"] and legend[CAR] == CAR_RGB and legend[-1] == UNSEEN_RGB.tolist()
     img = canvas_pixels(page)
     colour, on = pixels_at_points(page, img)
     for name in ("car", "road", "vegetation", "terrain"):
@@ -500,6 +642,72 @@ def test_browser_plain_cloud_disables_the_query_box(page, shared_data):
         exact = (np.abs(colour[on] - rgb[on]).max(1) <= 2).mean()
         shuffled = (np.abs(colour[on] - np.random.default_rng(0).permutation(rgb[on])).max(1) <= 2).mean()
         assert exact > 0.4 and exact > 10 * shuffled
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_browser_orbits_about_the_datas_up_axis(page, kitchen):
+    srv = start_server(ViewerScene(kitchen))
+    try:
+        page.goto(srv.url, wait_until="load")
+        wait_ready(page)
+        info = page.evaluate("() => pcViewer.info")
+        assert info["up_source"] == "camera poses" and "up (" in page.inner_text("#stats")
+        # the camera's up is the data's; a point above the centre is drawn above it, after orbiting too
+        above = """(az) => { const v = pcViewer, c = v.camera, o = v.orbit;
+          o.azimuth = az; o.update(); c.updateMatrixWorld();  // one synchronous step: nothing interleaves
+          const a = o.target.clone().project(c), b = o.target.clone().addScaledVector(o.upAxis, c.position.distanceTo(o.target) * 0.05).project(c);
+          return [c.up.toArray(), b.y - a.y, Math.abs(b.x - a.x)]; }"""
+        for azimuth in (0.0, 2.0, 4.0):
+            cam_up, dy, dx = page.evaluate(above, azimuth)
+            np.testing.assert_allclose(cam_up, info["up"], atol=1e-4)
+            assert dy > 0 and dx < 1e-3  # straight up on screen: the view is upright
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+TIMING_TEXT = "async (t) => (await import('/static/viewer.js')).timingText(t)"
+
+
+def test_browser_timing_line_contains_the_server_time(page, kitti, monkeypatch):
+    scene = ViewerScene.from_path(kitti["path"])
+    slow = scene.heatmap
+    monkeypatch.setattr(scene, "heatmap", lambda text: (time.sleep(0.3), slow(text))[1])
+    srv = start_server(scene)
+    try:
+        page.goto(srv.url, wait_until="load")
+        wait_ready(page)
+        assert page.evaluate(TIMING_TEXT, {"server": 2243.4, "total": 2250.2}) == "2243 ms on the server, 2250 ms in all"
+        assert page.evaluate(TIMING_TEXT, {"server": None, "total": 12.0}) == "12 ms in all"
+        page.fill("#query", "car")
+        page.press("#query", "Enter")
+        page.wait_for_function("() => pcViewer.state.heatQuery === 'car' && pcViewer.pending === 0")
+        server_ms, total_ms = map(float, re.match(r"(\d+) ms on the server, (\d+) ms in all",
+                                                  page.inner_text("#legend .timing")).groups())
+        assert 300 <= server_ms <= total_ms
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_browser_plain_cloud_label_field_reads_as_classes(page, scannet_plys):
+    ls = load_labelset("scannet20")
+    scene = ViewerScene.from_path(scannet_plys["dir"] / "nyu40.ply", labelset=ls, remap=True)
+    srv = start_server(scene)
+    try:
+        page.goto(srv.url + "?mode=label", wait_until="load")
+        wait_ready(page)
+        legend = page.evaluate("() => pcViewer.legend")
+        assert [e["name"] for e in legend] == ls.names + ["not a scannet20 class"]
+        assert legend[-1]["color"] == UNSEEN_RGB.tolist() and "table" in page.inner_text("#legend")
+        img = canvas_pixels(page)
+        colour, on = pixels_at_points(page, img)
+        ids = scannet_plys["ids"]
+        for k, rgb in ((ls.names.index("floor"), palette(20)[1]), (ls.names.index("wall"), palette(20)[0]), (-1, UNSEEN_RGB)):
+            members = (ids == k) & on
+            assert (np.abs(colour[members] - rgb).max(1) <= 2).mean() > 0.4, k
     finally:
         srv.shutdown()
         srv.server_close()

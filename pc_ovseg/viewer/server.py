@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from ..colors import UNSEEN_RGB
 from ..errors import PcOvsegError
 from .scene import NO_LABEL, ViewerScene
 
@@ -127,15 +128,23 @@ class ViewerServer(ThreadingHTTPServer):
     def info(self) -> dict:
         s = self.scene
         cov = s.coverage()
+        up, up_source = s.up_axis
+        legend = None if s.queryable else s.field_legend
         return {
             "title": s.title, "n_points": s.n_points, "n_display": s.n_display,
             "centre": (s.centre + s.cloud.origin).tolist(), "radius": max(s.radius, 1e-6),
+            "up": [round(float(x), 4) for x in up], "up_source": up_source,
             "has_rgb": s.cloud.rgb is not None, "queryable": s.queryable,
             "encoder": s.features.encoder if s.features is not None else None,
             "vocabulary": s.default_vocabulary(),
             "coverage_max": int(cov.max()) if cov is not None and len(cov) else None,
             "coverage": None if s.features is None else round(s.features.coverage, 4),
-            "field_labels": None if s.queryable else s.field_label_names(),
+            "field_labels": None if legend is None else legend["names"],
+            "field_label_colors": None if legend is None else legend["colors"],
+            "field_label_counts": None if legend is None else legend["counts"],
+            "field_no_label": None if legend is None or legend["none"] is None else
+            {"name": legend["none"], "count": legend["none_count"]},
+            "unseen_rgb": UNSEEN_RGB.tolist(),
             "message": s.message,
             "limits": {"query": MAX_QUERY, "vocabulary": MAX_VOCAB, "name": MAX_NAME},
         }
@@ -257,6 +266,7 @@ class ViewerHandler(BaseHTTPRequestHandler):
             body = self._read_json()
             if path != "/api/pick" and not self.server.scene.queryable:
                 return self._error(409, self.server.scene.message)
+            self.started = time.perf_counter()  # X-Query-Ms counts a wait for the lock too
             with self.server.query_lock:
                 return route(body)
         except BadRequest as err:
@@ -297,20 +307,22 @@ class ViewerHandler(BaseHTTPRequestHandler):
             raise BadRequest("body must be a JSON object")
         return body
 
+    def _query_ms(self) -> str:
+        """Milliseconds this request has spent on the server since its body was read."""
+        return f"{(time.perf_counter() - self.started) * 1e3:.1f}"
+
     def _heatmap(self, body: dict) -> None:
         text = parse_query(body)
-        t0 = time.perf_counter()
         heat = self.server.scene.heatmap(text)
-        ms = (time.perf_counter() - t0) * 1e3
-        self._binary(heat, {"X-Query-Ms": f"{ms:.1f}", "X-Query": _ascii_header(text)})
+        self._binary(heat, {"X-Query-Ms": self._query_ms(), "X-Query": _ascii_header(text)})
 
     def _labels(self, body: dict) -> None:
         vocab = parse_vocabulary(body)
-        t0 = time.perf_counter()
-        labels, counts = self.server.scene.labels(vocab)
-        ms = (time.perf_counter() - t0) * 1e3
-        self._binary(labels,
-                     {"X-Query-Ms": f"{ms:.1f}", "X-Label-Counts": ",".join(map(str, counts))})
+        scene = self.server.scene
+        labels, counts, unseen = scene.labels(vocab)
+        colors = ";".join(",".join(map(str, c)) for c in scene.label_colors(vocab))
+        self._binary(labels, {"X-Query-Ms": self._query_ms(), "X-Label-Counts": ",".join(map(str, counts)),
+                              "X-Label-Colors": colors, "X-Unseen-Count": str(unseen)})
 
     def _pick(self, body: dict) -> None:
         index = body.get("index")

@@ -14,14 +14,7 @@ const $ = (id) => document.getElementById(id);
 // the query beats the negatives on go blue -> yellow -> red.
 const HEAT_STOPS = [[0.0, [60, 90, 220]], [0.5, [250, 210, 40]], [1.0, [235, 35, 20]]];
 const COVERAGE_STOPS = [[0.0, [68, 1, 84]], [0.25, [59, 82, 139]], [0.5, [33, 145, 140]], [0.75, [94, 201, 98]], [1.0, [253, 231, 37]]];
-const UNSEEN = [120, 40, 40];
-const NO_LABEL_RGB = [75, 75, 80];
-const BASE_PALETTE = [
-  [31, 119, 180], [255, 127, 14], [44, 160, 44], [214, 39, 40], [148, 103, 189], [140, 86, 75],
-  [227, 119, 194], [188, 189, 34], [23, 190, 207], [174, 199, 232], [255, 187, 120], [152, 223, 138],
-  [255, 152, 150], [197, 176, 213], [196, 156, 148], [247, 182, 210], [219, 219, 141], [158, 218, 229],
-  [127, 127, 127], [100, 60, 160],
-];
+const UNSEEN = [120, 40, 40];  // coverage mode; label colours (and their "unseen") come from the server
 
 function ramp(stops, t) {
   t = Math.min(1, Math.max(0, t));
@@ -44,16 +37,29 @@ function rampLUT(stops) {
 const HEAT_LUT = rampLUT(HEAT_STOPS);
 const COVERAGE_LUT = rampLUT(COVERAGE_STOPS);
 
-function labelColor(i) {
-  if (i < BASE_PALETTE.length) return BASE_PALETTE[i];
-  const h = (i * 0.618033988749895) % 1, s = 0.65, v = 0.9;  // golden-ratio hues beyond the palette
-  const k = (n) => (n + h * 6) % 6;
-  const f = (n) => v - v * s * Math.max(0, Math.min(k(n), 4 - k(n), 1));
-  return [f(5), f(3), f(1)].map((x) => Math.round(x * 255));
+function upText(up) {
+  const axis = up.findIndex((v) => Math.abs(v) === 1);
+  return axis >= 0 ? `${up[axis] < 0 ? "-" : ""}${"xyz"[axis]}` : `(${up.map((v) => v.toFixed(2)).join(", ")})`;
 }
 
 function cssRGB(c) { return `rgb(${c[0]},${c[1]},${c[2]})`; }
 function cssRamp(stops) { return `linear-gradient(to right, ${stops.map(([t, c]) => `${cssRGB(c)} ${t * 100}%`).join(", ")})`; }
+/** The legend's timing line: the server's own time (X-Query-Ms) and the round trip the page
+ * measured around the whole request, which contains it. */
+export function timingText(t) {
+  if (!t || !Number.isFinite(t.total)) return "";
+  const server = Number.isFinite(t.server) ? `${t.server.toFixed(0)} ms on the server, ` : "";
+  return `${server}${t.total.toFixed(0)} ms in all`;
+}
+
+/** fetch + body, timed with performance.now() from before the request to the last byte. */
+async function timed(request) {
+  const t0 = performance.now();
+  const r = await request;
+  const body = await r.arrayBuffer();
+  return { r, body, ms: { server: parseFloat(r.headers.get("X-Query-Ms")), total: performance.now() - t0 } };
+}
+
 function escapeHTML(s) { return String(s).replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]); }
 
 // ---- server ---------------------------------------------------------------------------------
@@ -73,11 +79,12 @@ async function post(path, body) {
   return r;
 }
 
-// ---- orbit / pan / zoom around a target, z up ------------------------------------------------
+// ---- orbit / pan / zoom around a target, about the data's up axis ------------------------------
 class Orbit {
   constructor(camera, dom, onChange) {
     this.camera = camera; this.dom = dom; this.onChange = onChange;
     this.target = new THREE.Vector3(); this.distance = 1; this.azimuth = -Math.PI / 2; this.elevation = 0.6;
+    this.setUp([0, 0, 1]);
     this.drag = null;
     dom.addEventListener("contextmenu", (e) => e.preventDefault());
     dom.addEventListener("pointerdown", (e) => this.down(e));
@@ -85,14 +92,22 @@ class Orbit {
     dom.addEventListener("pointerup", (e) => this.up(e));
     dom.addEventListener("wheel", (e) => { e.preventDefault(); this.zoom(Math.exp(e.deltaY * 0.001)); }, { passive: false });
   }
+  /** Orbit about ``up``: azimuth turns in the plane of e1, e2 (x, y for z up), elevation towards up. */
+  setUp(up) {
+    this.upAxis = new THREE.Vector3(...up).normalize();
+    const u = this.upAxis, ref = Math.abs(u.x) < 0.9 ? new THREE.Vector3(1, 0, 0) : new THREE.Vector3(0, 1, 0);
+    this.e1 = ref.addScaledVector(u, -ref.dot(u)).normalize();
+    this.e2 = new THREE.Vector3().crossVectors(u, this.e1);
+  }
   set(target, distance, azimuth, elevation) {
     this.target.copy(target); this.distance = distance; this.azimuth = azimuth; this.elevation = elevation; this.update();
   }
   update() {
     const ce = Math.cos(this.elevation);
-    const offset = new THREE.Vector3(ce * Math.cos(this.azimuth), ce * Math.sin(this.azimuth), Math.sin(this.elevation));
+    const offset = new THREE.Vector3().addScaledVector(this.e1, ce * Math.cos(this.azimuth))
+      .addScaledVector(this.e2, ce * Math.sin(this.azimuth)).addScaledVector(this.upAxis, Math.sin(this.elevation));
     this.camera.position.copy(this.target).addScaledVector(offset, this.distance);
-    this.camera.up.set(0, 0, 1);
+    this.camera.up.copy(this.upAxis);
     this.camera.lookAt(this.target);
     this.camera.near = this.distance * 1e-3; this.camera.far = this.distance * 1e3;
     this.camera.updateProjectionMatrix();
@@ -150,7 +165,9 @@ class Viewer {
     $("title").textContent = info.title || "";
     $("stats").textContent = `${info.n_points.toLocaleString()} points` +
       (info.n_display < info.n_points ? ` (showing ${info.n_display.toLocaleString()})` : "") +
-      (info.coverage != null ? ` · ${(info.coverage * 100).toFixed(1)}% seen` : "");
+      (info.coverage != null ? ` · ${(info.coverage * 100).toFixed(1)}% seen` : "") +
+      ` · up ${upText(info.up)} (${info.up_source})`;
+    this.orbit.setUp(info.up);
     this.positions = await getBinary("/api/positions", Float32Array);
     const n = this.positions.length / 3;
     this.rgb = info.has_rgb ? await getBinary("/api/colors", Uint8Array) : this.heightColors();
@@ -174,12 +191,16 @@ class Viewer {
     await this.setupUI();
   }
 
-  heightColors() {  // plain clouds without colour: a height ramp so the shape reads
-    const p = this.positions, n = p.length / 3, out = new Uint8Array(n * 3);
+  heightColors() {  // plain clouds without colour: a ramp along the up axis so the shape reads
+    const p = this.positions, n = p.length / 3, out = new Uint8Array(n * 3), h = new Float32Array(n);
+    const [ux, uy, uz] = this.info.up;
     let lo = Infinity, hi = -Infinity;
-    for (let i = 0; i < n; i++) { const z = p[i * 3 + 2]; if (z < lo) lo = z; if (z > hi) hi = z; }
+    for (let i = 0; i < n; i++) {
+      const z = ux * p[i * 3] + uy * p[i * 3 + 1] + uz * p[i * 3 + 2];
+      h[i] = z; if (z < lo) lo = z; if (z > hi) hi = z;
+    }
     const span = hi - lo || 1;
-    for (let i = 0; i < n; i++) out.set(ramp(COVERAGE_STOPS, (p[i * 3 + 2] - lo) / span), i * 3);
+    for (let i = 0; i < n; i++) out.set(ramp(COVERAGE_STOPS, (h[i] - lo) / span), i * 3);
     return out;
   }
 
@@ -283,13 +304,11 @@ class Viewer {
     if (!this.info.queryable || !text) return;
     const seq = ++this.seq;
     try {
-      const t0 = performance.now();
-      const r = await this.track(post("/api/heatmap", { query: text }));
-      const heat = new Uint8Array(await r.arrayBuffer());
+      const { body, ms } = await this.track(timed(post("/api/heatmap", { query: text })));
       if (seq !== this.seq) return;  // a newer query has been sent
-      this.heat = heat;
+      this.heat = new Uint8Array(body);
       this.state.heatQuery = text;
-      this.state.heatMs = { server: parseFloat(r.headers.get("X-Query-Ms")), total: performance.now() - t0 };
+      this.state.heatMs = ms;
       this.message("");
       if (switchMode) this.setMode("heatmap"); else this.recolor();
     } catch (err) {
@@ -301,11 +320,13 @@ class Viewer {
     if (!this.info.queryable) return;
     if (!vocab.length) { this.message("the vocabulary is empty", true); return; }
     try {
-      const r = await this.track(post("/api/labels", { vocabulary: vocab }));
-      this.labels = new Uint8Array(await r.arrayBuffer());
+      const { r, body, ms } = await this.track(timed(post("/api/labels", { vocabulary: vocab })));
+      this.labels = new Uint8Array(body);
       this.labelCounts = (r.headers.get("X-Label-Counts") || "").split(",").map(Number);
+      this.labelColors = (r.headers.get("X-Label-Colors") || "").split(";").map((c) => c.split(",").map(Number));
+      this.unseenCount = Number(r.headers.get("X-Unseen-Count"));
       this.state.vocabulary = vocab;
-      this.state.labelMs = parseFloat(r.headers.get("X-Query-Ms"));
+      this.state.labelMs = ms;
       $("vocabulary").value = vocab.join(", ");
       this.message("");
       if (switchMode) this.setMode("label"); else this.recolor();
@@ -331,9 +352,8 @@ class Viewer {
       }
     } else if (mode === "label" && (this.labels || this.fieldLabels)) {
       const lab = this.info.queryable ? this.labels : this.fieldLabels;
-      const names = this.info.queryable ? this.state.vocabulary : this.info.field_labels;
-      const lut = names.map((_, i) => labelColor(i));
-      for (let i = 0; i < n; i++) c.set(lab[i] === NO_LABEL ? NO_LABEL_RGB : lut[lab[i]], i * 3);
+      const lut = this.info.queryable ? this.labelColors : this.info.field_label_colors, none = this.info.unseen_rgb;
+      for (let i = 0; i < n; i++) c.set(lab[i] === NO_LABEL ? none : lut[lab[i]], i * 3);
     } else if (mode === "coverage" && this.coverage) {
       const cov = this.coverage, top = Math.max(1, this.info.coverage_max);
       for (let i = 0; i < n; i++) {
@@ -355,15 +375,21 @@ class Viewer {
       const t = this.state.heatMs;
       el.innerHTML = `<div>“${escapeHTML(this.state.heatQuery)}”</div><div class="ramp" style="background:${cssRamp(HEAT_STOPS)}"></div>` +
         `<div class="ramp-labels dim"><span>0</span><span>relevancy</span><span>1</span></div>` +
-        (t ? `<div class="dim">${t.server.toFixed(0)} ms on the server, ${t.total.toFixed(0)} ms in all</div>` : "");
+        `<div class="dim timing">${timingText(t)}</div>`;
       this.legend = HEAT_STOPS.map(([v, col]) => ({ name: `heat ${v}`, color: col }));
     } else if (mode === "label" && (this.labels || this.fieldLabels)) {
-      const names = this.info.queryable ? this.state.vocabulary : this.info.field_labels;
-      const counts = this.info.queryable ? this.labelCounts : null;
-      this.legend = names.map((name, i) => ({ name, color: labelColor(i), count: counts ? counts[i] : null }));
+      // the classes, then the points in none of them ("unseen"), in the colours of legend.png
+      const info = this.info, q = info.queryable;
+      const names = q ? this.state.vocabulary : info.field_labels;
+      const colors = q ? this.labelColors : info.field_label_colors;
+      const counts = q ? this.labelCounts : info.field_label_counts;
+      this.legend = names.map((name, i) => ({ name, color: colors[i], count: counts[i] }));
+      const none = q ? { name: "unseen", count: this.unseenCount } : info.field_no_label;
+      if (none && (q || none.count > 0)) this.legend.push({ name: none.name, color: info.unseen_rgb, count: none.count, none: true });
       el.innerHTML = this.legend.map((e) =>
-        `<div class="legend-item${e.count === 0 ? " empty" : ""}"><span class="swatch" style="background:${cssRGB(e.color)}"></span>` +
-        `<span>${escapeHTML(e.name)}</span>${e.count != null ? `<span class="count">${e.count.toLocaleString()}</span>` : ""}</div>`).join("");
+        `<div class="legend-item${e.count === 0 ? " empty" : ""}${e.none ? " none" : ""}"><span class="swatch" style="background:${cssRGB(e.color)}"></span>` +
+        `<span>${escapeHTML(e.name)}</span><span class="count">${e.count.toLocaleString()}</span></div>`).join("") +
+        (q ? `<div class="dim timing">${timingText(this.state.labelMs)}</div>` : "");
     } else if (mode === "coverage" && this.coverage) {
       el.innerHTML = `<div class="ramp" style="background:${cssRamp(COVERAGE_STOPS)}"></div>` +
         `<div class="ramp-labels dim"><span>1</span><span>views</span><span>${this.info.coverage_max}</span></div>` +
