@@ -2,7 +2,8 @@
 
 Averaging a class name's embedding over several phrasings ("a photo of a {}.", "a {} in a
 scene.") is a free, reliable gain for zero-shot CLIP. The ensemble is computed once per
-(encoder, vocabulary, templates) and cached in memory and, given a folder, on disk.
+(encoder, vocabulary, templates) and cached in memory and, given a folder, on disk (queries use
+:func:`text_cache_dir`), so a repeated query needs no model at all.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import InputError
+from ..store import atomic_write
 from .base import ImageTextEncoder, l2_normalize
 
 _PKG = Path(__file__).resolve().parents[1]
@@ -51,28 +53,85 @@ def load_templates(name_or_path: str | Sequence[str] | None = "default") -> list
     return list(t)
 
 
+def text_cache_dir() -> Path:
+    """The user's text-embedding cache: ``$PC_OVSEG_CACHE/text``, else ``~/.cache/pc_ovseg/text``
+    (``$XDG_CACHE_HOME`` honoured)."""
+    root = os.environ.get("PC_OVSEG_CACHE")
+    if root:
+        return Path(root).expanduser() / "text"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "pc_ovseg" / "text"
+
+
+def encoder_identity(spec: str) -> list | None:
+    """What fixes an encoder's text embeddings: its spec, a local weights file by absolute path,
+    size and mtime (a replaced file is another encoder); None for random weights (no identity)."""
+    for i, ch in enumerate(spec):
+        if ch == ":" and os.path.isfile(spec[i + 1:]):
+            st = os.stat(spec[i + 1:])
+            return [spec[:i + 1] + os.path.abspath(spec[i + 1:]), st.st_size, st.st_mtime_ns]
+    if spec.count(":") >= 2 and spec.rsplit(":", 1)[1] in ("", "none"):
+        return None
+    return [spec]
+
+
+def _entry(spec: str, names: list[str], templates, cache_dir) -> tuple[list[str], str | None, Path | None]:
+    tpl = load_templates(templates)
+    ident = encoder_identity(spec)
+    if ident is None:
+        return tpl, None, None
+    key = hashlib.sha1(json.dumps([ident, tpl, names]).encode()).hexdigest()[:20]
+    return tpl, key, Path(cache_dir) / f"text-{key}.npy" if cache_dir else None
+
+
+def cached_text_embeddings(spec: str, names: Sequence[str], templates: str | Sequence[str] | None = None,
+                           cache_dir: str | os.PathLike | None = None) -> np.ndarray | None:
+    """The ensemble of ``names`` from the memory or disk cache, else None: looked up by the
+    encoder's spec alone, so a hit never builds the model."""
+    names = [str(n) for n in names]
+    _, key, path = _entry(str(spec), names, templates, cache_dir)
+    return _lookup(key, path, len(names))
+
+
+def _lookup(key: str | None, path: Path | None, n: int) -> np.ndarray | None:
+    if key is None:
+        return None
+    if key not in _MEMORY:
+        if path is None or not path.is_file():
+            return None
+        try:
+            out = np.load(path, allow_pickle=False)
+        except (OSError, ValueError):  # unreadable: encoded again and replaced
+            return None
+        if out.ndim != 2 or len(out) != n or out.dtype != np.float32:
+            return None
+        _MEMORY[key] = out
+    return _MEMORY[key].copy()
+
+
 def encode_text_with_templates(encoder: ImageTextEncoder, names: Sequence[str],
                                templates: str | Sequence[str] | None = None,
                                cache_dir: str | os.PathLike | None = None) -> np.ndarray:
-    """(T, D) float32 L2-normalised: each name's mean embedding over the templates."""
+    """(T, D) float32 L2-normalised: each name's mean embedding over the templates.
+
+    One cache entry per (encoder identity, templates, names), written atomically; a cache folder
+    that cannot be written only costs the next call a re-encode.
+    """
     names = [str(n) for n in names]
     if not encoder.uses_templates:
         return encoder.encode_text(names)
-    tpl = load_templates(templates)
-    key = hashlib.sha1(json.dumps([encoder.spec, tpl, names]).encode()).hexdigest()[:20]
-    if key in _MEMORY:
-        return _MEMORY[key].copy()
-    path = Path(cache_dir) / f"text-{key}.npy" if cache_dir else None
-    if path is not None and path.is_file():
-        out = np.load(path)
-    else:
-        flat = [t.format(n.replace("_", " ")) for n in names for t in tpl]
-        emb = encoder.encode_text(flat).reshape(len(names), len(tpl), -1)
-        out = l2_normalize(emb.mean(1))
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".tmp{os.getpid()}.npy")
-            np.save(tmp, out)
-            os.replace(tmp, path)
+    tpl, key, path = _entry(encoder.spec, names, templates, cache_dir)
+    out = _lookup(key, path, len(names))
+    if out is not None:
+        return out
+    flat = [t.format(n.replace("_", " ")) for n in names for t in tpl]
+    out = l2_normalize(encoder.encode_text(flat).reshape(len(names), len(tpl), -1).mean(1))
+    if key is None:  # random weights: nothing to key on
+        return out
+    if path is not None:
+        try:
+            with atomic_write(path) as tmp:
+                np.save(tmp, out)
+        except OSError:  # e.g. a read-only home: still answer
+            pass
     _MEMORY[key] = out
     return out.copy()
