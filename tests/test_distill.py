@@ -1,8 +1,10 @@
 """Distillation, prediction, ensemble, DDP and CLI on a real SemanticKITTI scan (tiny widths)."""
 from __future__ import annotations
 
+import csv
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -58,7 +60,7 @@ def test_distill_learns_checkpoints_and_resumes(scene, tmp_path):
     first, last = hist[0]["loss"], np.mean([h["loss"] for h in hist[-3:]])
     assert last < 0.8 * first, (first, last)
     lines = ck.with_suffix(".loss.csv").read_text().splitlines()
-    assert lines[0] == "epoch,step,loss,lr,seconds" and len(lines) == 11
+    assert lines[0] == "epoch,step,loss,lr,started,seconds" and len(lines) == 11
     with pytest.raises(InputError, match="another architecture"):
         distill([scene], ck, epochs=11, voxel_size=0.25, model_overrides={**TINY, "planes": (8,) * 8})
 
@@ -72,11 +74,66 @@ def test_distill_learns_checkpoints_and_resumes(scene, tmp_path):
     assert d.voxel_size == 0.25 and d.inputs == "ones"
 
 
-def test_time_budget_stops_and_saves(scene, tmp_path):
-    ck = tmp_path / "budget.pt"
-    r = distill([scene], ck, epochs=50, voxel_size=0.5, batch_size=1, model_overrides=TINY, max_minutes=0.0,
-                progress=False)
-    assert r.stopped_early and r.steps == 1 and r.epochs == 0 and ck.exists()
+def _loss_rows(ck: Path) -> list[dict]:
+    with open(ck.with_suffix(".loss.csv"), newline="") as f:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def _assert_matches_loss_file(r, ck: Path, rows: list[dict]) -> None:
+    """Counts and loss of a run are those of its checkpoint and CSV (last epoch = last rows' epoch)."""
+    ckpt = torch.load(ck, weights_only=True)
+    last = int(rows[-1]["epoch"])
+    assert r.steps == ckpt["steps"] == rows[-1]["step"] == len(rows)
+    assert r.epochs == ckpt["epoch"] and r.loss_epoch == last and last in (r.epochs, r.epochs + 1)
+    of_last = [h["loss"] for h in rows if h["epoch"] == last]
+    assert r.loss_steps == len(of_last) and r.last_loss == pytest.approx(np.mean(of_last), rel=1e-9)
+
+
+@pytest.fixture(scope="module")
+def budget(scene, tmp_path_factory) -> float:
+    """Minutes for setup plus about four steps, from the times a 2-step run recorded (that run
+    also pays the process's one-off imports, e.g. torch._dynamo on the first AdamW)."""
+    ck = tmp_path_factory.mktemp("warm") / "warm.pt"
+    distill([scene] * 2, ck, epochs=1, voxel_size=0.5, batch_size=1, model_overrides=TINY, progress=False)
+    rows = _loss_rows(ck)
+    return round((rows[0]["started"] + 4 * max(h["seconds"] - h["started"] for h in rows)) / 60, 3) + 0.001
+
+
+def test_time_budget_stops_within_a_step(scene, budget, tmp_path):
+    """No step starts past the deadline, nor when the previous step's duration says it would end
+    past it (times as the trainer recorded them, seconds since the run began)."""
+    ck, minutes = tmp_path / "budget.pt", budget
+    r = distill([scene] * 3, ck, epochs=100_000, voxel_size=0.5, batch_size=1, model_overrides=TINY,
+                max_minutes=minutes, progress=False)
+    rows = _loss_rows(ck)
+    assert r.stopped_early and r.epochs < 100_000 and len(rows) >= 2
+    deadline = 60 * minutes
+    assert all(h["started"] <= deadline for h in rows)
+    for prev, h in zip(rows, rows[1:]):
+        assert h["started"] + (prev["seconds"] - prev["started"]) <= deadline + 2e-3  # CSV rounds to ms
+    _assert_matches_loss_file(r, ck, rows)
+    assert [h["step"] for h in torch.load(ck, weights_only=True)["history"]] == [h["step"] for h in rows]
+
+    # a budget spent before the first step: no step, still a checkpoint to resume from
+    r0 = distill([scene], tmp_path / "none.pt", epochs=5, voxel_size=0.5, model_overrides=TINY, max_minutes=0.0,
+                 progress=False)
+    assert r0.stopped_early and (r0.steps, r0.epochs, r0.loss_steps) == (0, 0, 0) and (tmp_path / "none.pt").exists()
+
+
+def test_cli_budget_message_matches_loss_file(scene, budget, tmp_path, capsys):
+    fused, ck = tmp_path / "fused.npz", tmp_path / "cli.pt"
+    scene.save(fused)
+    args = ["distill", str(fused), str(fused), "--out", str(ck), "--epochs", "100000", "--max-minutes", f"{budget:g}",
+            "--voxel-size", "0.5", "--planes", "8,8,16,16,8,8,8,8", "--batch-size", "1"]
+    assert main(args + ["--progress"]) == 0
+    out, err = capsys.readouterr()
+    rows = _loss_rows(ck)
+    last = int(rows[-1]["epoch"])
+    mean = np.mean([h["loss"] for h in rows if h["epoch"] == last])
+    done = torch.load(ck, weights_only=True)["epoch"]
+    assert f"wrote {ck}: {done} epochs" in out and f" {len(rows)} steps in " in out
+    assert f"last epoch mean loss {mean:.4f} (epoch {last}," in out and f"time budget of {budget:g} min reached" in out
+    assert re.search(r"distill: .* loss \d\.\d{4} time \d+:\d\d/\d+:\d\d", err)  # the bar: loss, time / budget
 
 
 def test_ensemble_keeps_the_more_confident_feature():
@@ -128,6 +185,10 @@ def test_cli_distill_and_predict(scene, tmp_path, capsys):
                  "--planes", "8,8,16,16,8,8,8,8", "--batch-size", "1", "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["epochs"] == 1 and summary["checkpoint"] == str(ck)
+    rows = _loss_rows(ck)
+    assert summary["steps"] == len(rows) == summary["loss_steps"]
+    assert summary["loss_file"] == str(ck.with_suffix(".loss.csv"))
+    assert summary["loss_epoch"] == 1 and summary["loss"] == pytest.approx(np.mean([h["loss"] for h in rows]))
     out = tmp_path / "pred.npz"
     assert main(["predict", str(ck), str(fused), "--out", str(out), "--tta", "2", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["points"] == len(scene.cloud)
