@@ -108,3 +108,31 @@ def test_every_command_refuses_a_malicious_checkpoint(command, evil, small_cloud
     assert r.returncode == 2, r.stderr
     assert len(lines) == 1 and "refused" in lines[0] and "Traceback" not in r.stderr, r.stderr
     assert not marker.exists(), "the checkpoint's code ran"
+
+
+@pytest.mark.parametrize("first,second", [(2000, 300), (300, 2000)])
+def test_resume_after_the_input_changed_in_place_recomputes(first, second, tmp_path):
+    """The cache is keyed by the input's content: a cloud replaced at the same path (smaller or
+    larger) gets fresh views, never another cloud's (an IndexError, or a silently low coverage)."""
+    from pc_ovseg import io as pio
+    from pc_ovseg import pipeline
+    from pc_ovseg.config import EncoderConfig, OutputConfig, RunConfig, ViewsConfig
+    from pc_ovseg.encoders import make_tiny_clip_checkpoint
+
+    room = pio.read(str(ROOT / "data" / "sample_room.ply"))
+    rng = np.random.default_rng(0)
+    spec = make_tiny_clip_checkpoint(tmp_path / "tiny.pt")
+    cfg = RunConfig(views=ViewsConfig(max_views=4, min_views=1),
+                    encoder=EncoderConfig(clip_model=spec.split(":")[1], clip_weights=str(tmp_path / "tiny.pt"),
+                                          masks="superpixels", device="cpu"),
+                    output=OutputConfig(labels="wall,floor,chair", progress=False, formats=["npz"]))
+    src, out = tmp_path / "scan.npy", tmp_path / "out"
+    results = []
+    for n in (first, second):
+        np.save(src, room.world_xyz[rng.choice(len(room), n, replace=False)].astype(np.float32))
+        results.append(pipeline.run(str(src), out, cfg))
+    a, b = results
+    assert b["points"] == second and b["views_cached"] == 0 and b["views_computed"] == b["views"]
+    assert b["coverage"] > 0.5 and a["coverage"] > 0.5
+    again = pipeline.run(str(src), out, cfg)  # unchanged content: every view from the cache
+    assert again["views_cached"] == again["views"] and again["coverage"] == b["coverage"]
