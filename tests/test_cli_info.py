@@ -71,3 +71,21 @@ def test_info_missing_path_is_one_line():
     r = _info("/nonexistent/cloud.ply")
     assert r.returncode == 2 and r.stderr.strip() == \
         "pc-ovseg info: error: /nonexistent/cloud.ply: no such file or directory"
+
+
+def test_info_names_the_classes_of_an_export(tmp_path):
+    """An export's ids read as the classes it was labelled with (its result header), unseen as -1."""
+    import numpy as np
+
+    from pc_ovseg.data import FeatureCloud, PointCloud
+    from pc_ovseg.export import export_labels
+    from pc_ovseg.io import describe
+    n = 30
+    feats = np.eye(3, dtype=np.float16)[np.arange(n) % 3]
+    weight = np.where(np.arange(n) < 27, 1, 0).astype(np.float32)
+    fc = FeatureCloud(PointCloud(np.random.default_rng(0).uniform(0, 1, (n, 3)).astype(np.float32)), feats,
+                      weight, np.ones(n, np.uint16), "labels:wall,floor,chair", ["wall", "floor", "chair"])
+    export_labels(tmp_path, fc, ["wall", "floor", "chair"], formats=("ply", "npz"))
+    for f in ("labels.ply", "labels.npz"):
+        d = describe(tmp_path / f)
+        assert d["label_field"] == "label" and set(d["label_names"].values()) == {"wall", "floor", "chair", "unseen"}

@@ -47,14 +47,30 @@ def describe(path, layout: str | None = None) -> dict:
     d["bounds"] = {"min": [float(v) for v in lo], "max": [float(v) for v in hi]}
     if cloud.origin.any():
         d["origin"] = cloud.origin.tolist()
-    for name in LABEL_FIELDS:
+    header = _result_header(path)
+    fields = ([header.get("pred_field", "label")] if header else []) + list(LABEL_FIELDS)
+    for name in fields:
         if name in cloud.fields and cloud.fields[name].ndim == 1:
             hist = count_summary(cloud.fields[name])
             if hist:
                 d["label_field"] = name
                 d["label_histogram"] = hist
                 break
+    if header:  # a pc_ovseg export: its ids read as the classes it was labelled with
+        names = {str(c["id"]): str(c["name"]) for c in header.get("classes", []) if "id" in c and "name" in c}
+        names["-1"] = "unseen"
+        d["labelset"] = header.get("labelset")
+        d["label_names"] = {k: names.get(k, f"class {k}") for k in d.get("label_histogram", {})}
     return d
+
+
+def _result_header(path) -> dict | None:
+    """The result header of an export (pc_ovseg.export), or None for any other file."""
+    try:
+        from ..export import read_result_header
+        return read_result_header(path)
+    except InputError:
+        return None
 
 
 def _describe_frames(seq: FrameSequence) -> dict:
@@ -115,7 +131,10 @@ def format_description(d: dict) -> str:
         lines.append(f"  {field} histogram:")
         total = sum(d["label_histogram"].values())
         for k, c in d["label_histogram"].items():
-            name = f"  {ASPRS.get(int(k), 'class ' + k)}" if field == "classification" else ""
+            if "label_names" in d:
+                name = f"  {d['label_names'][k]}"
+            else:
+                name = f"  {ASPRS.get(int(k), 'class ' + k)}" if field == "classification" else ""
             lines.append(f"    {k:>6} {c:>10,}  {100 * c / total:5.1f}%{name}")
     return "\n".join(lines)
 
