@@ -180,7 +180,7 @@ def _vocabulary(arg: str) -> dict:
     Returns the query texts (each class's first prompt, carrying the label set so the result stores
     names, ids, prompts and colours), their class ids, and how LAS codes them.
     """
-    from .eval import parse_classes
+    from .labels import parse_classes
     ls = parse_classes(arg)
     return {"vocabulary": ls.vocabulary(), "class_ids": list(ls.ids),
             "las_codes": "asprs" if ls.name == "asprs" else "shift"}
@@ -332,7 +332,7 @@ def _eval_args(p):
                                 "field and label set), a cloud with one label field, a label file (.npy, .label, "
                                 ".txt), or a FeatureCloud .npz (labelled as its run labelled it, or with --labels)")
     p.add_argument("--gt", required=True, help="ground truth: a cloud with a label field or a label file")
-    p.add_argument("--classes", help="GT label ids: a label set (pc_ovseg.eval.list_labelsets(), e.g. scannet20, "
+    p.add_argument("--classes", help="GT label ids: a label set (pc_ovseg.labels.list_labelsets(), e.g. scannet20, "
                                      "semantickitti19, asprs), a JSON/.txt file, or comma-separated names by id "
                                      "('ignore' = not evaluated); default for an export: the label set it declares")
     p.add_argument("--labels", help="the vocabulary behind PRED (same forms): a FeatureCloud PRED is queried with "
@@ -460,7 +460,7 @@ def cmd_predict(args) -> int:
     import time
 
     from .backbone.predict import predict
-    from .errors import InputError, check_input_path
+    from .errors import check_input_path
     from .backbone.predict import load_model
     from .config import resolve_device
     from .data import FeatureCloud, is_feature_file
@@ -527,7 +527,7 @@ def cmd_view(args) -> int:
         raise InputError(None, "--remap needs --labels: the label set whose raw ids the field holds")
     labelset = None
     if args.labels:
-        from .eval import parse_classes
+        from .labels import parse_classes
         labelset = parse_classes(args.labels)
     scene = ViewerScene.from_path(args.result, layout=args.layout, max_display_points=args.max_display_points,
                                   up=args.up, labelset=labelset, remap=args.remap)

@@ -17,7 +17,7 @@ import numpy as np
 
 from .data import FeatureCloud
 from .errors import InputError
-from .eval import LabelSet
+from .labels import LabelSet
 
 RESULT_FORMAT = "pc_ovseg.result/1"
 PRED_FIELD = "label"

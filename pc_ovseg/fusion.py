@@ -7,7 +7,8 @@ Streaming passes over views, so memory is the fused result plus a constant:
      (N, D) array in the native extension;
   3. each view's 2D masks scored against the other views (a wrong mask is wrong as a whole);
   4. the accumulation again, contradicted masks discounted.
-Then evidence pooling over geometric segments. Balancing ("sample-balanced", as in OpenUrban3D): every granularity that saw a point gets the
+Then evidence pooling over geometric segments (the geometry itself is pc_ovseg.geometry).
+Balancing ("sample-balanced", as in OpenUrban3D): every granularity that saw a point gets the
 same total weight, so a point seen in 40 close-ups and one overview is not decided by the
 close-ups alone.
 """
@@ -20,6 +21,7 @@ import numpy as np
 
 from . import native
 from .data import FeatureCloud, PointCloud, View, ViewFeatures
+from .geometry import geometric_segments, pool_over_segments, smooth_features
 
 
 @dataclass
@@ -358,111 +360,3 @@ def _weighted_quantile(x: np.ndarray, w: np.ndarray, q: float) -> float:
     order = np.argsort(x)
     cw = np.cumsum(w[order])
     return float(x[order][min(np.searchsorted(cw, q * cw[-1]), len(x) - 1)])
-
-
-def smooth_features(fc: FeatureCloud, strength: float = 0.5, k: int = 8, chunk: int = 200_000) -> None:
-    """Blend each seen point's feature with the mean of its k nearest seen neighbours (in place).
-
-    A cheap geometric prior (GeoPurify/GGSD-style): neighbouring surface points should agree.
-    Off by default; it holds one extra copy of the seen features (Jacobi update).
-    Unseen points stay unseen.
-    """
-    from scipy.spatial import cKDTree
-
-    seen = np.flatnonzero(fc.seen)
-    if len(seen) <= k:
-        return
-    xyz = fc.cloud.xyz[seen]
-    tree = cKDTree(xyz)
-    feats = fc.features[seen]
-    out = np.empty_like(feats)
-    for s in range(0, len(seen), chunk):
-        _, nn = tree.query(xyz[s:s + chunk], k=k + 1, workers=-1)
-        mean = feats[nn[:, 1:]].astype(np.float32).mean(1)
-        mixed = (1 - strength) * feats[s:s + chunk].astype(np.float32) + strength * mean
-        mixed /= np.maximum(np.linalg.norm(mixed, axis=1, keepdims=True), 1e-8)
-        out[s:s + chunk] = mixed.astype(np.float16)
-    fc.features[seen] = out
-
-
-def estimate_normals(xyz: np.ndarray, k: int = 12, chunk: int = 200_000) -> np.ndarray:
-    """Unoriented PCA normals from k nearest neighbours (smallest covariance eigenvector)."""
-    from scipy.spatial import cKDTree
-
-    tree = cKDTree(xyz)
-    out = np.zeros((len(xyz), 3), np.float32)
-    for s in range(0, len(xyz), chunk):
-        _, nn = tree.query(xyz[s:s + chunk], k=min(k, len(xyz)), workers=-1)
-        nb = xyz[nn].astype(np.float64)
-        nb -= nb.mean(1, keepdims=True)
-        cov = np.einsum("nki,nkj->nij", nb, nb)
-        _, vec = np.linalg.eigh(cov)
-        out[s:s + chunk] = vec[:, :, 0]
-    return out
-
-
-def geometric_segments(cloud: PointCloud, *, k: int = 10, threshold: float = 0.05, min_size: int = 30,
-                       color_weight: float = 0.5) -> np.ndarray:
-    """Over-segment a cloud into surface pieces (ScanNet-segmentator style, on a kNN graph).
-
-    Edge weight = 1 - |n_i . n_j| (+ colour difference); edges much longer than the local point
-    spacing are cut so separate objects never share a segment. Returns (N,) ids, -1 = invalid point.
-    """
-    from scipy.spatial import cKDTree
-
-    from . import native
-
-    valid = np.flatnonzero(np.isfinite(cloud.xyz).all(1))
-    seg = np.full(len(cloud), -1, np.int64)
-    if len(valid) <= k:
-        seg[valid] = 0
-        return seg
-    xyz = cloud.xyz[valid]
-    normals = cloud.normals[valid] if cloud.normals is not None else estimate_normals(xyz)
-    d, nn = cKDTree(xyz).query(xyz, k=k + 1, workers=-1)
-    d, nn = d[:, 1:], nn[:, 1:]
-    spacing = np.median(d[:, 0])
-    u = np.repeat(np.arange(len(xyz)), k)
-    v = nn.reshape(-1)
-    keep = (d.reshape(-1) <= 4.0 * spacing) & (u < v)
-    u, v = u[keep], v[keep]
-    w = 1.0 - np.abs(np.sum(normals[u] * normals[v], axis=1))
-    if cloud.rgb is not None and color_weight > 0:
-        rgb = cloud.rgb[valid].astype(np.float32) / 255.0
-        w = w + color_weight * np.linalg.norm(rgb[u] - rgb[v], axis=1) / np.sqrt(3.0)
-    seg[valid] = native.segment_graph(len(xyz), u, v, w.astype(np.float32), threshold, min_size)
-    return seg
-
-
-def pool_over_segments(fc: FeatureCloud, segments: np.ndarray, evidence: np.ndarray, strength: float = 0.5,
-                       chunk: int = 64, rows: int = 65536) -> None:
-    """Add to each seen point's evidence its segment's mean evidence times ``strength`` (in place).
-
-    A point's evidence is its fused feature scaled by how much the views back it: how many saw it
-    (capped) times their agreement (the norm of the weighted mean of unit features: 1 where all
-    views agree). A point few views saw, or one they argue about, takes its segment's answer; a
-    point many views agree on keeps its own even when its segment says otherwise (a wire in
-    front of a wall, an object the geometry did not separate). Unseen points stay unseen.
-    Memory: the segment means (S, D) plus bounded chunks, never a second (N, D) array.
-    """
-    seen = fc.seen & (segments >= 0)
-    idx = np.flatnonzero(seen)
-    if len(idx) == 0 or strength <= 0:
-        return
-    seg = segments[idx]
-    n_seg = int(seg.max()) + 1
-    evidence = np.asarray(evidence, np.float32)
-    ev = evidence[idx].astype(np.float64)
-    size = np.maximum(np.bincount(seg, minlength=n_seg), 1).astype(np.float64)
-    D = fc.features.shape[1]
-    means = np.empty((n_seg, D), np.float32)
-    for c in range(0, D, chunk):  # column chunks keep the temporaries small
-        f = fc.features[idx, c:c + chunk].astype(np.float32)
-        for j in range(f.shape[1]):
-            means[:, c + j] = np.bincount(seg, weights=ev * f[:, j], minlength=n_seg) / size
-    for r in range(0, len(idx), rows):
-        sel = idx[r:r + rows]
-        own = evidence[sel][:, None] * fc.features[sel].astype(np.float32)
-        mixed = own + strength * means[seg[r:r + rows]]
-        mixed /= np.maximum(np.linalg.norm(mixed, axis=1, keepdims=True), 1e-8)
-        fc.features[sel] = mixed.astype(np.float16)

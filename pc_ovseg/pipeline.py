@@ -175,7 +175,7 @@ def _cached(vis_path: Path, feat_path: Path, n_points: int) -> tuple[Visibility 
 def vocabulary(labels) -> dict:
     """``labels`` (a label-set name, a file, 'a,b,c' or a list) -> what labelling takes: the
     query texts (carrying the label set), their class ids and how LAS codes them."""
-    from .eval import parse_classes
+    from .labels import parse_classes
     if labels is None or (isinstance(labels, str) and not labels.strip()):
         raise InputError(None, "--labels is empty: give a label set, a file, or comma-separated names")
     ls = parse_classes(labels)

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from .data import FeatureCloud
+from .labels import norm_name
 
 #: LERF's canonical negatives: a query is relevant where it beats each of these.
 CANONICAL_NEGATIVES = ("object", "things", "stuff", "texture")
@@ -19,16 +20,14 @@ CANONICAL_NEGATIVES = ("object", "things", "stuff", "texture")
 BACKGROUND_NAMES = frozenset({"other", "others", "background", "otherfurniture", "other furniture", "ignore"})
 
 
-def _norm_name(s: str) -> str:
-    return " ".join(s.lower().replace("_", " ").replace("-", " ").split())
-
-
 def label_space_embeddings(class_names: list[str], texts: list[str]) -> np.ndarray:
     """One-hot text embeddings for features that live in a label space (oracle, label maps)."""
-    index = {_norm_name(n): i for i, n in enumerate(class_names)}
+    index: dict[str, int] = {}
+    for i, n in enumerate(class_names):  # first class of a name wins, as in LabelEncoder / LabelSet.id_of
+        index.setdefault(norm_name(n), i)
     out = np.zeros((len(texts), len(class_names)), np.float32)
     for t, text in enumerate(texts):
-        i = index.get(_norm_name(text))
+        i = index.get(norm_name(text))
         if i is not None:
             out[t, i] = 1.0
     return out
@@ -157,7 +156,7 @@ class QueryEngine:
 
         This is the one labelling rule (run, query and eval all label through it, so a result
         gives the same labels by every route). ``vocabulary`` is a list of class names or a
-        LabelSet (pc_ovseg.eval): text features then score each class by its best prompt, so a
+        LabelSet (pc_ovseg.labels): text features then score each class by its best prompt, so a
         class is found by any of its synonyms; label-space features (``fc.class_names``) are
         queried with the class names themselves. Labels are positions in the class names.
         """

@@ -75,7 +75,8 @@ def main(argv=None) -> int:
     from pc_ovseg.backbone.predict import predict
     from pc_ovseg.backbone.train import distill
     from pc_ovseg.errors import PcOvsegError
-    from pc_ovseg.eval import evaluate, parse_classes
+    from pc_ovseg.eval import evaluate
+    from pc_ovseg.labels import parse_classes
     from pc_ovseg.oracle import load_gt, oracle_fuse
     from pc_ovseg.query import QueryEngine
 

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from pc_ovseg.eval import evaluate, load_labelset, remap_labels  # noqa: E402
+from pc_ovseg.eval import evaluate  # noqa: E402
+from pc_ovseg.labels import load_labelset, remap_labels  # noqa: E402
 
 
 def main() -> int:

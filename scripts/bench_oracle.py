@@ -43,7 +43,8 @@ def main(argv=None) -> int:
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     from pc_ovseg import io
     from pc_ovseg.errors import PcOvsegError
-    from pc_ovseg.eval import evaluate, parse_classes
+    from pc_ovseg.eval import evaluate
+    from pc_ovseg.labels import parse_classes
     from pc_ovseg.fusion import FusionConfig
     from pc_ovseg.oracle import load_gt, oracle_fuse
     from pc_ovseg.query import QueryEngine

@@ -8,8 +8,8 @@ import pytest
 
 from pc_ovseg import cli
 from pc_ovseg.errors import InputError
-from pc_ovseg.eval import (LabelSet, chart_size, evaluate, evaluate_files, format_table, list_labelsets,
-                           load_labelset, parse_classes, read_point_labels, remap_labels, save_bar_chart)
+from pc_ovseg.eval import chart_size, evaluate, evaluate_files, format_table, read_point_labels, save_bar_chart
+from pc_ovseg.labels import LabelSet, list_labelsets, load_labelset, parse_classes, remap_labels
 
 
 @pytest.fixture(scope="module")

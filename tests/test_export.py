@@ -13,7 +13,8 @@ import pytest
 from pc_ovseg import cli, io
 from pc_ovseg.data import FeatureCloud, PointCloud
 from pc_ovseg.errors import InputError
-from pc_ovseg.eval import evaluate, evaluate_files, load_labelset, read_point_labels
+from pc_ovseg.eval import evaluate, evaluate_files, read_point_labels
+from pc_ovseg.labels import load_labelset
 from pc_ovseg.export import export_labels, read_result_header
 
 LAS = "las/sample_c.las"
@@ -128,7 +129,9 @@ def test_fused_and_every_export_give_the_same_scores(shared_data, tmp_path):
     gt = cloud.fields["classification"].astype(np.int64)
     ls = load_labelset("asprs")
     spec = make_tiny_clip_checkpoint(tmp_path / "tiny.pt")
-    base = FeatureCloud(cloud, np.zeros((len(gt), 1), np.float16), np.ones(len(gt), np.float32),
+    from pc_ovseg.encoders import get_encoder
+    dim = get_encoder(spec).dim  # a placeholder cloud in the encoder's space, only to embed the prompts
+    base = FeatureCloud(cloud, np.zeros((len(gt), dim), np.float16), np.ones(len(gt), np.float32),
                         np.ones(len(gt), np.uint16), spec)
     texts, owner = ls.flat_prompts()
     emb = QueryEngine(base).embed(texts)
@@ -191,7 +194,7 @@ def test_query_writes_scannet_and_semantickitti_files(shared_data, tmp_path, cap
     vert = np.load(d / "scene0000_00_vert.npy")[::8]
     nyu = np.load(d / "scene0000_00_sem_label.npy")[::8].astype(np.int64)
     sn = load_labelset("scannet20")
-    from pc_ovseg.eval import remap_labels
+    from pc_ovseg.labels import remap_labels
     fc, _ = label_space(PointCloud(vert[:, :3], source="scene0000_00.ply"), remap_labels(nyu, sn), sn, noise=0)
     fc.save(tmp_path / "sn.npz")
     np.save(tmp_path / "gt.npy", nyu)

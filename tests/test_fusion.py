@@ -4,7 +4,8 @@ import pytest
 
 from pc_ovseg import native
 from pc_ovseg.data import Camera, PointCloud, View, ViewFeatures
-from pc_ovseg.fusion import FeatureFusion, FusionConfig, Visibility, fuse, pool_over_segments, view_visibility
+from pc_ovseg.fusion import FeatureFusion, FusionConfig, Visibility, fuse, view_visibility
+from pc_ovseg.geometry import pool_over_segments
 
 
 def _vis(name, gran, ids, w, hw=(4, 4)):

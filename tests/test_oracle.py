@@ -16,7 +16,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_oracle.py"
 
 def test_oracle_on_airborne_lidar_recovers_every_class(shared_data):
     cloud = io.read_cloud(shared_data / "las" / "sample_c.las")
-    from pc_ovseg.eval import load_labelset
+    from pc_ovseg.labels import load_labelset
     ls = load_labelset("asprs")
     gt = cloud.fields["classification"].astype(np.int64)
     gt = np.where(np.isin(gt, ls.ids), gt, -1)
@@ -51,7 +51,7 @@ def test_fusion_outvotes_region_noise_on_a_single_kinect_frame(shared_data):
 
 def test_fusion_outvotes_region_noise_on_airborne_lidar(shared_data):
     cloud = io.read_cloud(shared_data / "las" / "sample_c.las")
-    from pc_ovseg.eval import load_labelset
+    from pc_ovseg.labels import load_labelset
     ls = load_labelset("asprs")
     gt = cloud.fields["classification"].astype(np.int64)
     gt = np.where(np.isin(gt, ls.ids), gt, -1)

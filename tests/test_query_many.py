@@ -14,7 +14,7 @@ from pc_ovseg.data import FeatureCloud, PointCloud
 from pc_ovseg.encoders import base, clip, templates
 from pc_ovseg.encoders.testing import make_tiny_clip_checkpoint
 from pc_ovseg.errors import InputError
-from pc_ovseg.eval import LabelSet
+from pc_ovseg.labels import LabelSet
 from pc_ovseg.query import QueryEngine
 
 torch.set_num_threads(2)

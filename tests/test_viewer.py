@@ -28,7 +28,7 @@ from pc_ovseg.cli import main
 from pc_ovseg.colors import UNSEEN_RGB, palette
 from pc_ovseg.data import FeatureCloud, PointCloud
 from pc_ovseg.errors import InputError
-from pc_ovseg.eval import LabelSet, load_labelset, remap_labels
+from pc_ovseg.labels import LabelSet, load_labelset, remap_labels
 from pc_ovseg.export import export_labels, result_header
 from pc_ovseg.viewer import BrowserError, ViewerScene, start_server
 from pc_ovseg.viewer.browser import headless_page, wait_ready

@@ -13,6 +13,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import InputError
+from ..labels import norm_name
 from ..registry import Registry
 
 _REGISTRY = Registry(attr="kind")
@@ -96,10 +97,6 @@ class ImageTextEncoder:
         return f"{type(self).__name__}({self.spec!r})"
 
 
-def _norm_name(s: str) -> str:
-    return " ".join(str(s).lower().replace("_", " ").split())
-
-
 @register_encoder("labels")
 class LabelEncoder(ImageTextEncoder):
     """The label space: one dimension per class; a class name is its own one-hot embedding.
@@ -119,7 +116,7 @@ class LabelEncoder(ImageTextEncoder):
         self.dim = len(names)
         self._index: dict[str, int] = {}
         for i, c in enumerate(names):
-            self._index.setdefault(_norm_name(c), i)
+            self._index.setdefault(norm_name(c), i)
 
     @classmethod
     def from_spec(cls, rest: str, **kw) -> "LabelEncoder":
@@ -130,8 +127,8 @@ class LabelEncoder(ImageTextEncoder):
         return "labels:" + ",".join(self.class_names)
 
     def index_of(self, name: str) -> int:
-        """Class index of a name (case/space/underscore-insensitive), -1 if unknown."""
-        return self._index.get(_norm_name(name), -1)
+        """Class index of a name (matched by pc_ovseg.labels.norm_name), -1 if unknown."""
+        return self._index.get(norm_name(name), -1)
 
     def encode_text(self, texts: Sequence[str]) -> np.ndarray:
         out = np.zeros((len(texts), self.dim), np.float32)

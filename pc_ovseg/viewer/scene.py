@@ -18,7 +18,7 @@ from ..errors import InputError, PcOvsegError, check_input_path
 from .up import AXES, detect_up, up_vector
 
 if TYPE_CHECKING:
-    from ..eval import LabelSet
+    from ..labels import LabelSet
     from ..query import QueryEngine
 
 #: Per-point fields of plain clouds that hold integer class labels (shown in "label" mode).
@@ -175,7 +175,7 @@ class ViewerScene:
             ids, names, none = ls.ids, ls.names, "unseen"
             colors = _header_colors(self.result_header, names)
         elif self.labelset is not None:
-            from ..eval import remap_labels
+            from ..labels import remap_labels
             ls = self.labelset
             ids, names, none = ls.ids, ls.names, f"not a {ls.name} class"
             colors = palette(len(names)).tolist()

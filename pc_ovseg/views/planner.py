@@ -15,7 +15,7 @@ from .. import native
 from ..data import Camera, Mesh, PointCloud
 from ..registry import Registry
 from .cameras import PlannedCamera, camera_near, intrinsics, look_at
-from .geometry import point_normals
+from ..geometry import point_normals
 from .render import MAX_SPLAT_PX, SPLAT_SCALE, VIS_TOL_SPACING, render_mesh, splat_radius
 
 PLANNERS = Registry()

@@ -12,7 +12,7 @@ from .. import native
 from ..registry import Registry
 from ..data import Camera, Mesh, PointCloud, View
 from .cameras import camera_near
-from .geometry import point_normals, point_spacing
+from ..geometry import point_normals, point_spacing
 
 BACKGROUND = np.array([255, 255, 255], np.uint8)
 SPLAT_SCALE = 0.75          # disc radius = SPLAT_SCALE * local spacing: neighbouring discs overlap
