@@ -140,6 +140,7 @@ def cmd_render(args) -> int:
     from .data import FrameSequence
     from .io import read
     from .views import contact_sheet, save_view, scene_cloud, view_jobs
+    from .views.make import plan_kind
     cfg = run_config(args, ("views",))
     progress = cfg.output.progress
     src = read(args.input, layout=cfg.views.layout)
@@ -164,11 +165,13 @@ def cmd_render(args) -> int:
         view.depth = view.index = None  # keep only what the contact sheet needs
         thumbs.append(view)
     sheet = contact_sheet(thumbs, os.path.join(args.out, "contact_sheet.png"))
+    kind = plan_kind(src, cfg.views)
     result = {"views": len(thumbs), "coverage": float(seen.mean()) if len(cloud) else 0.0, "points": len(cloud),
-              "out": args.out, "contact_sheet": str(sheet), "files": files}
+              "kind": kind, "out": args.out, "contact_sheet": str(sheet), "files": files}
     if args.json:
         print_json(result)
     else:
+        print(f"plan: {kind}{' (detected)' if kind != cfg.views.kind else ''}")
         print(f"{len(thumbs)} views of {len(cloud):,} points, coverage {result['coverage']:.2%} -> {args.out}")
     return 0
 
@@ -223,6 +226,7 @@ def cmd_run(args) -> int:
         print_json(summary)
     else:
         t = summary["timings"]
+        print(f"plan: {summary['kind']}{' (detected)' if summary['kind'] != cfg.views.kind else ''}")
         print(f"{summary['points']} points, {summary['views']} views "
               f"({summary['views_cached']} from cache), coverage {summary['coverage']:.3f}, "
               f"{summary['seconds']:.1f} s (views {t['views']:.1f}, 2D {t['2d']:.1f}, fusion {t['fusion']:.1f}, "
@@ -248,9 +252,10 @@ def cmd_fuse(args) -> int:
     fc, stats = fuse_scene(scene, encoder, out / "cache", cfg, progress=cfg.output.progress)
     fc.save(out / "fused.npz")
     summary = {"points": len(fc.cloud), "views": stats.views, "views_cached": stats.cached, "coverage": fc.coverage,
-               "fused": str(out / "fused.npz"), "seconds": round(stats.seconds, 3),
+               "kind": scene.kind, "fused": str(out / "fused.npz"), "seconds": round(stats.seconds, 3),
                "timings": {k: round(v, 3) for k, v in stats.timings.items()}}
-    print_json(summary) if args.json else print(f"wrote {summary['fused']} (coverage {fc.coverage:.3f})")
+    plan = f"plan: {scene.kind}{' (detected)' if scene.kind != cfg.views.kind else ''}"
+    print_json(summary) if args.json else print(f"{plan}\nwrote {summary['fused']} (coverage {fc.coverage:.3f})")
     return 0
 
 

@@ -52,7 +52,33 @@ class Num:
         return None
 
 
-def option(default, help: str, *, check: Num | None = None, choices: tuple | None = None,
+@dataclass(frozen=True)
+class IntOr:
+    """One of ``words``, or an integer >= ``lo`` (e.g. frames: "selected" | "all" | N)."""
+
+    words: tuple = ()
+    lo: int = 1
+
+    def _expected(self) -> str:
+        return f"expected {', '.join(self.words)} or an integer >= {self.lo}"
+
+    def parse(self, text: str):
+        if text.strip().lower() in self.words:
+            return text.strip().lower()
+        try:
+            return int(text, 10)
+        except ValueError:
+            raise ValueError(f"{self._expected()}, got {text!r}") from None
+
+    def problem(self, v) -> str | None:
+        if isinstance(v, str) and v in self.words:
+            return None
+        if isinstance(v, bool) or not isinstance(v, int) or v < self.lo:
+            return f"{self._expected()}, got {v!r}"
+        return None
+
+
+def option(default, help: str, *, check: Num | IntOr | None = None, choices: tuple | None = None,
            metavar: str | None = None, flag: str | None = None):
     """A config field with what its command-line flag needs; ``flag=""`` keeps it off the CLI."""
     meta = {"help": help, "check": check, "choices": choices, "metavar": metavar, "flag": flag}
@@ -104,8 +130,9 @@ class ViewsConfig(_Checked):
                                check=Num(float, 0, 100, open_lo=True))
     cloud: str | None = option(None, "for RGB-D input: label this cloud instead of one built from depth",
                                metavar="FILE")
-    cloud_frames: int | None = option(None, "for RGB-D input: build the cloud from at most this many frames "
-                                      "(default: all)", check=Num(int, 1, 1_000_000, none=True))
+    cloud_frames: str | int = option("selected", "for RGB-D input: build the cloud from the frames the views use "
+                                     "(selected), all frames, or N evenly chosen ones",
+                                     check=IntOr(("selected", "all")), metavar="selected|all|N")
     layout: str | None = option(None, "column layout of raw .bin/.npy input, e.g. xyzrgb")
 
     def cache_parts(self) -> dict:

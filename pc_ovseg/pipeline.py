@@ -2,6 +2,7 @@
 
 Layout of an output folder:
     cache/plan_<hash>.json                         the planned cameras of a bare cloud / mesh
+    cache/cloud_<hash>.npz                         the cloud built from RGB-D depth
     cache/<scene+views>/feat-<encoder>/<view>.npz  each view's 2D features
     cache/<scene+views>/vis-<fusion>/<view>.npz    each view's visibility + weights
     fused.npz                                      FeatureCloud (query / view / distill read it)
@@ -15,12 +16,13 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+import zipfile
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from .config import RunConfig, ViewsConfig
+from .config import KINDS, RunConfig, ViewsConfig
 from .data import FeatureCloud, FrameSequence, Mesh, PointCloud
 from .encoders import load_view_features, save_view_features
 from .errors import InputError
@@ -28,12 +30,14 @@ from .export import export_labels
 from .fusion import FeatureFusion, Visibility, view_visibility
 from .store import atomic_write, digest, write_json
 from .views import ViewJob, scene_cloud, view_jobs
+from .views.make import cloud_frame_ids, plan_kind
 
 
 @dataclass
 class Scene:
-    """What the pipeline works on: the points to label, the views that see them, and a digest
-    of the content both come from (the cache key's input part)."""
+    """What the pipeline works on: the points to label, the views that see them, which views
+    those are (``kind``: "frames", "organized" or the camera plan's kind), and a digest of the
+    content both come from (the cache key's input part)."""
 
     cloud: PointCloud
     jobs: list[ViewJob]
@@ -45,24 +49,51 @@ class Scene:
 
 def load_scene(path: str, cfg: ViewsConfig | None = None, *, plan_cache: str | Path | None = None,
                progress: bool = True) -> Scene:
-    """Read any supported input and decide its views (frames selected, bare clouds planned)."""
+    """Read any supported input and decide its views (frames selected, bare clouds planned with
+    the kind detected once, so the plan is the one reported). A cloud built from RGB-D depth is
+    kept in ``plan_cache`` too: building it reads every frame it uses."""
     from . import io
     cfg = cfg or ViewsConfig()
     data = io.read(path, layout=cfg.layout)
-    cloud = scene_cloud(data, cfg, progress=progress)
+    frames_digest = _frames_digest(data) if isinstance(data, FrameSequence) else None
+    if frames_digest and not cfg.cloud and plan_cache is not None:
+        cloud = _built_cloud(data, cfg, frames_digest, Path(plan_cache), progress)
+    else:
+        cloud = scene_cloud(data, cfg, progress=progress)
     if len(cloud) == 0:
         raise InputError(path, "no points to label")
-    jobs = view_jobs(data, cloud, cfg, plan_cache=plan_cache, progress=progress)
+    kind = plan_kind(data, cfg)
+    plan_cfg = replace(cfg, kind=kind) if cfg.kind != kind and kind in KINDS else cfg
+    jobs = view_jobs(data, cloud, plan_cfg, plan_cache=plan_cache, progress=progress)
     parts = [cloud.xyz, np.asarray(cloud.origin, np.float64)]
     if isinstance(data, Mesh):
         parts += [data.vertices, data.faces]
-    if isinstance(data, FrameSequence):
-        parts += [_frames_digest(data)]
+    if frames_digest:
+        parts += [frames_digest]
     elif cloud.rgb is not None:
         parts.append(cloud.rgb)
     return Scene(cloud, jobs, mesh=data if isinstance(data, Mesh) else None,
-                 frames=data if isinstance(data, FrameSequence) else None,
-                 kind="frames" if isinstance(data, FrameSequence) else cfg.kind, digest=digest(*parts))
+                 frames=data if isinstance(data, FrameSequence) else None, kind=kind, digest=digest(*parts))
+
+
+def _built_cloud(frames: FrameSequence, cfg: ViewsConfig, frames_digest: str, cache: Path,
+                 progress: bool) -> PointCloud:
+    """scene_cloud(frames), read from / written to ``cache``, keyed by the frames' content and the
+    cloud settings (voxel size, which frames); a damaged file is built again."""
+    key = digest(frames_digest, {"voxel_size": cfg.voxel_size, "frames": cloud_frame_ids(frames, cfg)})
+    path = cache / f"cloud_{key}.npz"
+    if path.exists():
+        try:
+            with np.load(path) as z:
+                return PointCloud(z["xyz"], z["rgb"] if "rgb" in z else None, origin=z["origin"],
+                                  source=frames.source)
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+            pass
+    cloud = scene_cloud(frames, cfg, progress=progress)
+    arrays = {"xyz": cloud.xyz, "origin": cloud.origin, **({"rgb": cloud.rgb} if cloud.rgb is not None else {})}
+    with atomic_write(path) as tmp:
+        np.savez(tmp, **arrays)
+    return cloud
 
 
 def _frames_digest(frames: FrameSequence) -> str:
@@ -226,7 +257,8 @@ def run(path: str, out_dir: str | Path, cfg: RunConfig | None = None, *, view_en
     fc.save(out / "fused.npz")
     summary = {"input": str(path), "points": len(scene.cloud), "views": stats.views,
                "views_computed": stats.computed, "views_cached": stats.cached,
-               "coverage": round(fc.coverage, 6), "encoder": fc.encoder, "fused": str(out / "fused.npz")}
+               "coverage": round(fc.coverage, 6), "kind": scene.kind, "encoder": fc.encoder,
+               "fused": str(out / "fused.npz")}
     t = time.perf_counter()
     text_encoder = getattr(view_encoder, "encoder", None)  # embed the labels with the model already loaded
     if distilled is not None:

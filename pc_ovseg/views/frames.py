@@ -17,6 +17,7 @@ from ..data import Camera, FrameSequence, PointCloud, RGBDFrame, View
 from ..errors import InputError
 from .render import SPLAT_SCALE, VIS_TOL_SPACING, splat_radius
 
+BORDER = 10          # image border (px) left out of visibility: depth and colour are least reliable there
 MAX_VIS_WIDTH = 640   # frames without depth are z-buffered at most this wide (speed; enough for visibility)
 # with discs up to 24 px there, so surfaces close to a hand-held camera stay closed
 #: Kinect / PrimeSense intrinsics at 640x480 for organised clouds that carry none (mOSD, PCL grabbers).
@@ -58,8 +59,9 @@ def select_frames(frames: FrameSequence, *, max_views: int | None = None, stride
     return idx
 
 
-def backproject(frame: RGBDFrame, *, stride: int = 1) -> tuple[np.ndarray, np.ndarray | None]:
-    """World (local-frame) points of a frame's valid depth pixels and their colours (or None)."""
+def backproject(frame: RGBDFrame, *, stride: int = 1, border: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
+    """World (local-frame) points of a frame's valid depth pixels (at least ``border`` colour-image
+    pixels inside the image, as frame_view tests them) and their colours (or None)."""
     if frame.depth is None:
         raise ValueError(f"frame {frame.name!r} has no depth")
     cam = frame.depth_camera
@@ -67,6 +69,11 @@ def backproject(frame: RGBDFrame, *, stride: int = 1) -> tuple[np.ndarray, np.nd
     rows, cols = np.nonzero(np.isfinite(d) & (d > 0))
     z = d[rows, cols].astype(np.float64)
     rows, cols = rows * stride, cols * stride
+    if border:
+        b = int(np.ceil(border * cam.width / frame.camera.width))
+        H, W = frame.depth.shape[:2]
+        keep = (rows >= b) & (cols >= b) & (rows < H - b) & (cols < W - b)
+        rows, cols, z = rows[keep], cols[keep], z[keep]
     K = cam.K
     pc = np.stack([(cols - K[0, 2]) / K[0, 0] * z, (rows - K[1, 2]) / K[1, 1] * z, z], 1)
     xyz = pc @ cam.cam_to_world[:3, :3].T + cam.cam_to_world[:3, 3]
@@ -81,9 +88,13 @@ def backproject(frame: RGBDFrame, *, stride: int = 1) -> tuple[np.ndarray, np.nd
 
 
 def cloud_from_frames(frames: FrameSequence, *, voxel_size: float = 0.02, max_frames: int | None = None,
-                      progress: bool = True) -> PointCloud:
+                      border: int = 0, progress: bool = True) -> PointCloud:
     """Back-project the depth of (up to ``max_frames`` evenly chosen) frames, with colour, and keep
-    one averaged point per ``voxel_size`` voxel, so an RGB-D folder alone is a complete input."""
+    one averaged point per ``voxel_size`` voxel, so an RGB-D folder alone is a complete input
+    (``border``: see backproject).
+    The progress bar shows even when stderr is not a terminal: this is the long silent step of
+    an RGB-D run otherwise."""
+    from tqdm.auto import tqdm
     if not frames.has_depth:
         raise InputError(frames.source, "frames have no depth: a point cloud must be given with them")
     idx = select_frames(frames, max_views=max_frames)
@@ -98,11 +109,11 @@ def cloud_from_frames(frames: FrameSequence, *, voxel_size: float = 0.02, max_fr
         parts_xyz[:] = [mean]
         parts_rgb[:] = [np.clip(col / cnt[:, None] + 0.5, 0, 255).astype(np.uint8)]
 
-    for k, i in enumerate(_progress(idx, len(idx), progress, "cloud from frames")):
+    for i in tqdm(idx, desc="cloud from frames", unit="frame", disable=not progress, leave=False):
         f = frames[i]
         if f.depth is None:
             continue
-        xyz, rgb = backproject(f)
+        xyz, rgb = backproject(f, border=border)
         mean, inv = native.voxel_downsample(xyz, voxel_size)
         if rgb is None:
             rgb = np.full((len(xyz), 3), 128, np.uint8)
@@ -138,7 +149,7 @@ def _pixels_in(camera: Camera, xyz: np.ndarray, border: int) -> tuple[np.ndarray
 
 
 def frame_view(frame: RGBDFrame, cloud: PointCloud, *, rel_tol: float = 0.05, abs_tol: float = 0.05,
-               border: int = 10, name: str = "", meta: dict | None = None) -> View:
+               border: int = BORDER, name: str = "", meta: dict | None = None) -> View:
     """One frame's View: the cloud's points that pass the depth test, on the colour image's grid."""
     cam = frame.camera
     if frame.depth is not None:
@@ -177,7 +188,7 @@ def frame_view(frame: RGBDFrame, cloud: PointCloud, *, rel_tol: float = 0.05, ab
 
 
 def frame_views(frames: FrameSequence, cloud: PointCloud, *, max_views: int | None = None, stride: int | None = None,
-                keyframes: bool = False, rel_tol: float = 0.05, abs_tol: float = 0.05, border: int = 10,
+                keyframes: bool = False, rel_tol: float = 0.05, abs_tol: float = 0.05, border: int = BORDER,
                 progress: bool = True) -> Iterator[View]:
     """Views of ``cloud`` from the selected frames (see select_frames and frame_view)."""
     idx = select_frames(frames, max_views=max_views, stride=stride, keyframes=keyframes)

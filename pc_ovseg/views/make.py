@@ -16,8 +16,8 @@ import numpy as np
 
 from ..data import Camera, FrameSequence, Mesh, PointCloud, View
 from ..errors import InputError
-from .frames import KINECT_K, cloud_from_frames, frame_views, organized_view, select_frames
-from .planner import plan_cameras
+from .frames import BORDER, KINECT_K, cloud_from_frames, frame_views, organized_view, select_frames
+from .planner import detect_kind, plan_cameras
 from .render import render_view
 from .zoom import zoom_view, zoom_windows
 
@@ -32,15 +32,36 @@ class ViewJob:
 
 def scene_cloud(source: FrameSequence | Mesh | PointCloud, cfg=None, *, progress: bool = True) -> PointCloud:
     """The points a run labels: the cloud itself, a mesh's vertices, or for posed frames
-    ``cfg.cloud`` when given, else a cloud built from their depth."""
+    ``cfg.cloud`` when given, else a cloud built from the depth of ``cloud_frame_ids``."""
     from ..config import ViewsConfig
     cfg = cfg or ViewsConfig()
     if isinstance(source, FrameSequence):
         if cfg.cloud:
             from ..io import read_cloud
             return read_cloud(cfg.cloud, layout=cfg.layout)
-        return cloud_from_frames(source, voxel_size=cfg.voxel_size, max_frames=cfg.cloud_frames, progress=progress)
+        frames = source.subset(cloud_frame_ids(source, cfg))
+        border = BORDER if cfg.cloud_frames == "selected" else 0   # only pixels the views test
+        return cloud_from_frames(frames, voxel_size=cfg.voxel_size, border=border, progress=progress)
     return source.to_point_cloud() if isinstance(source, Mesh) else source
+
+
+def cloud_frame_ids(frames: FrameSequence, cfg) -> list[int]:
+    """The frames a built cloud comes from (``cfg.cloud_frames``): by default those the views use,
+    so every point is seen by some view and no time goes on frames no view reads; "all", or N
+    evenly chosen."""
+    if cfg.cloud_frames == "all":
+        return list(range(len(frames)))
+    return select_frames(frames, max_views=cfg.max_views if cfg.cloud_frames == "selected" else cfg.cloud_frames)
+
+
+def plan_kind(source: FrameSequence | Mesh | PointCloud, cfg) -> str:
+    """Which views an input gets: "frames" (posed RGB-D), "organized" (one organised frame, its
+    own camera) or the camera plan's kind (``cfg.kind``, detected when "auto")."""
+    if isinstance(source, FrameSequence):
+        return "frames"
+    if isinstance(source, PointCloud) and source.grid_shape is not None:
+        return "organized"
+    return detect_kind(source) if cfg.kind == "auto" else cfg.kind
 
 
 def view_jobs(source: FrameSequence | Mesh | PointCloud, cloud: PointCloud, cfg=None, *,
