@@ -16,6 +16,9 @@
         pc-ovseg  a wrapper first on PATH that runs ``python -m pc_ovseg`` with this interpreter,
                   so the package under test runs, as in the other CLI tests
 
+    and OMP_NUM_THREADS=1 unless set: on a shared 2-core machine two spinning OpenMP threads
+    made the tiny distill block take 25-100 s instead of a few seconds (docs/distill.md).
+
 Mark a block only when it runs on the shared data in seconds and needs nothing else (no
 pretrained weights, no browser, no network); all marked blocks together stay under ~2 minutes.
 The README's set-up block is not marked: it downloads CLIP weights.
@@ -84,6 +87,7 @@ def doc_env(tmp_path_factory, shared_data):
     wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
     env = dict(os.environ)
     env.update(SHARED=str(shared_data), WEIGHTS=str(weights), PATH=f"{bindir}{os.pathsep}{env.get('PATH', '')}")
+    env.setdefault("OMP_NUM_THREADS", "1")
     return env
 
 

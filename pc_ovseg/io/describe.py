@@ -123,7 +123,8 @@ def format_description(d: dict) -> str:
         h, w = d["organized"]
         lines.append(f"  organized   {w}x{h} grid (W x H), {d['valid_points']:,} valid points (NaN kept)")
     lines.append(f"  fields      {' '.join(d['fields'])}")
-    lines.append(f"  bounds      {_bounds(d['bounds'])}")
+    if "bounds" in d:  # label files have none
+        lines.append(f"  bounds      {_bounds(d['bounds'])}")
     if "origin" in d:
         lines.append(f"  origin      {' '.join(f'{v:.3f}' for v in d['origin'])} (xyz stored relative)")
     if "label_histogram" in d:
