@@ -33,17 +33,10 @@ def arguments(fn_args):
 
 
 def print_json(obj) -> None:
-    json.dump(obj, sys.stdout, indent=None, default=_json_default)
+    from .store import json_default
+    json.dump(obj, sys.stdout, indent=None, default=json_default)
     sys.stdout.write("\n")
 
-
-def _json_default(o):
-    import numpy as np
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(type(o).__name__)
 
 
 # --- info (io) -----------------------------------------------------------------------------
@@ -177,16 +170,7 @@ def cmd_render(args) -> int:
 
 
 # --- fuse / query / eval / run (fusion, query, eval, pipeline) -------------------------------
-def _vocabulary(arg: str) -> dict:
-    """--labels: a label-set name (data/labelsets), a JSON/text file, or comma-separated names.
 
-    Returns the query texts (each class's first prompt, carrying the label set so the result stores
-    names, ids, prompts and colours), their class ids, and how LAS codes them.
-    """
-    from .labels import parse_classes
-    ls = parse_classes(arg)
-    return {"vocabulary": ls.vocabulary(), "class_ids": list(ls.ids),
-            "las_codes": "asprs" if ls.name == "asprs" else "shift"}
 
 
 def _scene_args(p, *, run: bool):
@@ -300,7 +284,8 @@ def cmd_query(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.labels:
-        voc = _vocabulary(args.labels)
+        from .labels import vocabulary
+        voc = vocabulary(args.labels)
         summary = export_labels(out, fc, voc.pop("vocabulary"), benchmark=args.format, scene=args.scene, **voc)
     else:
         eng = QueryEngine(fc)  # one engine: the text encoder loads at most once, and not at all on cache hits

@@ -337,3 +337,13 @@ def as_int_labels(a: np.ndarray, path) -> np.ndarray:
 
 __all__ = ["IGNORE", "LABELSET_DIRS", "LabelSet", "Vocabulary", "as_int_labels", "list_labelsets",
            "load_labelset", "norm_name", "parse_classes", "remap_labels"]
+
+
+def vocabulary(labels) -> dict:
+    """``labels`` (a label-set name, a file, 'a,b,c' or a list) -> what labelling takes: the
+    query texts (carrying the label set), their class ids and how LAS codes them."""
+    if labels is None or (isinstance(labels, str) and not labels.strip()):
+        raise InputError(None, "--labels is empty: give a label set, a file, or comma-separated names")
+    ls = parse_classes(labels)
+    return {"vocabulary": ls.vocabulary(), "class_ids": list(ls.ids),
+            "las_codes": "asprs" if ls.name == "asprs" else "shift"}

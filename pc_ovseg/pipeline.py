@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import time
-import zipfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -24,11 +23,11 @@ import numpy as np
 
 from .config import KINDS, RunConfig, ViewsConfig
 from .data import FeatureCloud, FrameSequence, Mesh, PointCloud
-from .encoders import load_view_features, save_view_features
+from .encoders import load_view_features, save_view_features, view_features_dim
 from .errors import InputError
 from .export import export_labels
 from .fusion import FeatureFusion, Visibility, view_visibility
-from .store import atomic_write, digest, write_json
+from .store import atomic_write, cached, digest, write_json
 from .views import ViewJob, scene_cloud, view_jobs
 from .views.make import cloud_frame_ids, plan_kind
 
@@ -81,19 +80,14 @@ def _built_cloud(frames: FrameSequence, cfg: ViewsConfig, frames_digest: str, ca
     """scene_cloud(frames), read from / written to ``cache``, keyed by the frames' content and the
     cloud settings (voxel size, which frames); a damaged file is built again."""
     key = digest(frames_digest, {"voxel_size": cfg.voxel_size, "frames": cloud_frame_ids(frames, cfg)})
-    path = cache / f"cloud_{key}.npz"
-    if path.exists():
-        try:
-            with np.load(path) as z:
-                return PointCloud(z["xyz"], z["rgb"] if "rgb" in z else None, origin=z["origin"],
-                                  source=frames.source)
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
-            pass
-    cloud = scene_cloud(frames, cfg, progress=progress)
-    arrays = {"xyz": cloud.xyz, "origin": cloud.origin, **({"rgb": cloud.rgb} if cloud.rgb is not None else {})}
-    with atomic_write(path) as tmp:
-        np.savez(tmp, **arrays)
-    return cloud
+
+    def read(path):
+        with np.load(path) as z:
+            return PointCloud(z["xyz"], z["rgb"] if "rgb" in z else None, origin=z["origin"], source=frames.source)
+
+    def write(tmp, cloud):
+        np.savez(tmp, xyz=cloud.xyz, origin=cloud.origin, **({"rgb": cloud.rgb} if cloud.rgb is not None else {}))
+    return cached(cache / f"cloud_{key}.npz", read, lambda: scene_cloud(frames, cfg, progress=progress), write)
 
 
 def _frames_digest(frames: FrameSequence) -> str:
@@ -190,7 +184,7 @@ def _cached(vis_path: Path, feat_path: Path, n_points: int) -> tuple[Visibility 
     vis = dim = None
     if feat_path.exists():
         try:
-            dim = load_view_features(feat_path).dim
+            dim = view_features_dim(feat_path)
         except InputError:
             dim = None
     if vis_path.exists():
@@ -202,16 +196,6 @@ def _cached(vis_path: Path, feat_path: Path, n_points: int) -> tuple[Visibility 
             vis = None
     return vis, dim
 
-
-def vocabulary(labels) -> dict:
-    """``labels`` (a label-set name, a file, 'a,b,c' or a list) -> what labelling takes: the
-    query texts (carrying the label set), their class ids and how LAS codes them."""
-    from .labels import parse_classes
-    if labels is None or (isinstance(labels, str) and not labels.strip()):
-        raise InputError(None, "--labels is empty: give a label set, a file, or comma-separated names")
-    ls = parse_classes(labels)
-    return {"vocabulary": ls.vocabulary(), "class_ids": list(ls.ids),
-            "las_codes": "asprs" if ls.name == "asprs" else "shift"}
 
 
 def ensemble_with_distilled(fused: FeatureCloud, ckpt, vocabulary: list[str], out: Path, *,
@@ -242,6 +226,7 @@ def run(path: str, out_dir: str | Path, cfg: RunConfig | None = None, *, view_en
     """
     t0 = time.perf_counter()
     cfg = cfg or RunConfig()
+    from .labels import vocabulary
     voc = vocabulary(cfg.output.labels)  # a bad vocabulary or checkpoint fails now, before any view
     distilled = None
     if cfg.output.distilled:

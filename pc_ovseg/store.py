@@ -41,15 +41,31 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def write_json(path: str | os.PathLike, obj, **kw) -> None:
-    write_text(path, json.dumps(obj, **{"indent": 2, "default": _json_default, **kw}))
+    write_text(path, json.dumps(obj, **{"indent": 2, "default": json_default, **kw}))
 
 
-def _json_default(o):
+def json_default(o):
+    """numpy scalars and arrays as their values; anything else as its string (results never fail to write)."""
     if isinstance(o, np.generic):
         return o.item()
     if isinstance(o, np.ndarray):
         return o.tolist()
     return str(o)
+
+
+def cached(path: str | os.PathLike, read, make, write):
+    """``read(path)`` when a sound entry exists, else ``make()``, stored with ``write(tmp, value)``
+    through the atomic writer: a cache entry that cannot be read is made again, never trusted."""
+    path = Path(path)
+    if path.exists():
+        try:
+            return read(path)
+        except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile, InputError):
+            pass
+    value = make()
+    with atomic_write(path) as tmp:
+        write(tmp, value)
+    return value
 
 
 def digest(*parts, length: int = 16) -> str:
@@ -64,7 +80,7 @@ def digest(*parts, length: int = 16) -> str:
         elif isinstance(p, (bytes, bytearray)):
             h.update(p)
         else:
-            h.update(json.dumps(p, sort_keys=True, default=_json_default).encode())
+            h.update(json.dumps(p, sort_keys=True, default=json_default).encode())
         h.update(b"\x00")
     return h.hexdigest()[:length]
 
@@ -73,6 +89,7 @@ def digest(*parts, length: int = 16) -> str:
 def load_checkpoint(path: str | os.PathLike, *, what: str = "checkpoint", mmap: bool = False):
     """``torch.load`` that cannot run code: tensors, numbers, strings and containers only
     (``weights_only=True``); a file holding any other Python object is refused, unexecuted.
+    ``mmap`` maps the tensors instead of reading them (a check before another reader loads it).
     TorchScript archives (OpenAI's CLIP files) hold no pickled code either and load as their
     state dict."""
     import pickle
@@ -80,6 +97,8 @@ def load_checkpoint(path: str | os.PathLike, *, what: str = "checkpoint", mmap: 
     import torch
 
     p = check_input_path(path)
+    if mmap and not zipfile.is_zipfile(p):
+        mmap = False  # legacy (pre-zip) files cannot be memory-mapped: read them
     try:
         return torch.load(p, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:

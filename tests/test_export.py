@@ -14,7 +14,7 @@ from pc_ovseg import cli, io
 from pc_ovseg.data import FeatureCloud, PointCloud
 from pc_ovseg.errors import InputError
 from pc_ovseg.eval import evaluate, evaluate_files, read_point_labels
-from pc_ovseg.labels import load_labelset
+from pc_ovseg.labels import load_labelset, vocabulary
 from pc_ovseg.export import export_labels, read_result_header
 
 LAS = "las/sample_c.las"
@@ -96,7 +96,7 @@ def test_asprs_run_result_evaluates_without_labels(shared_data, tmp_path, capsys
     gt = cloud.fields["classification"].astype(np.int64)
     ls = load_labelset("asprs")
     fc, pred = label_space(cloud, gt, ls)
-    voc = cli._vocabulary("asprs")
+    voc = vocabulary("asprs")  # what `run --labels asprs` labels with
     export_labels(tmp_path, fc, voc.pop("vocabulary"), **voc)
     expected = evaluate(pred, gt, "asprs").to_json()
     for extra in ((), ("--labels", "asprs")):

@@ -14,13 +14,13 @@ from .precomputed import PrecomputedFeatures, PrecomputedLabels, label_map_featu
 from .superpixels import slic
 from .templates import encode_text_with_templates, load_templates
 from .testing import TINY_TEST_MODEL, make_tiny_clip_checkpoint, make_tiny_sam_checkpoint
-from .view_encoder import ViewEncoder, load_view_features, pool_regions, save_view_features
+from .view_encoder import ViewEncoder, load_view_features, pool_regions, save_view_features, view_features_dim
 
 __all__ = [
     "ImageTextEncoder", "LabelEncoder", "ClipEncoder", "get_encoder", "register_encoder", "registered_encoders",
     "l2_normalize", "encode_text_with_templates", "load_templates",
     "MaskSource", "get_mask_source", "mask_sources", "register_masks", "paint_masks", "prompt_points", "slic",
-    "ViewEncoder", "pool_regions", "save_view_features", "load_view_features",
+    "ViewEncoder", "pool_regions", "save_view_features", "load_view_features", "view_features_dim",
     "PrecomputedFeatures", "PrecomputedLabels", "label_map_features",
     "TINY_TEST_MODEL", "make_tiny_clip_checkpoint", "make_tiny_sam_checkpoint",
     "resolve_device",

@@ -158,7 +158,7 @@ class ClipEncoder(ImageTextEncoder):
                 why = "offline and not in the local cache" if offline else str(exc).splitlines()[0][:200]
                 raise _weights_error(model, weights, model, why) from None
         if os.path.isfile(weights):
-            load_checkpoint(weights, what="CLIP checkpoint")  # refuse pickled code before open_clip reads the file
+            load_checkpoint(weights, what="CLIP checkpoint", mmap=True)  # refuse pickled code; tensors stay unread
             try:
                 return open_clip.create_model(model, pretrained=weights, **kw)
             except Exception as exc:  # unreadable, or a state dict of another architecture

@@ -210,6 +210,22 @@ def save_view_features(vf: ViewFeatures, path: str | os.PathLike) -> None:
     os.replace(tmp, path)
 
 
+def view_features_dim(path: str | os.PathLike) -> int:
+    """A cached view's feature dimension from its .npy header alone (no array is read): a resumed
+    run checks every entry, and fusion reads them in full later anyway."""
+    fmt = np.lib.format
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = set(zf.namelist())
+            key = next(k for k in ("region_features.npy", "dense.npy") if k in names)  # ViewFeatures.dim's order
+            with zf.open(key) as f:
+                version = fmt.read_magic(f)
+                header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+                return int(header(f)[0][-1])
+    except (OSError, KeyError, ValueError, IndexError, StopIteration, zipfile.BadZipFile) as exc:
+        raise InputError(path, f"not a pc_ovseg view-feature file ({type(exc).__name__})") from None
+
+
 def load_view_features(path: str | os.PathLike) -> ViewFeatures:
     try:
         with np.load(path, allow_pickle=False) as z:

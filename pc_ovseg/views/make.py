@@ -110,21 +110,16 @@ def make_views(source: FrameSequence | PointCloud | Mesh, *, cloud: PointCloud |
 
 def _cached_plan(geom: Mesh | PointCloud, plan_kw: dict, cache: str | Path | None, progress: bool) -> list:
     """plan_cameras(geom, **plan_kw), read from / written to ``cache`` (keyed by geometry and settings)."""
-    from ..store import digest, write_text
+    from ..store import cached, digest
     from .cameras import PlannedCamera
 
     if cache is None:
         return plan_cameras(geom, progress=progress, **plan_kw)
     parts = (geom.vertices, geom.faces) if isinstance(geom, Mesh) else (geom.xyz,)
-    path = Path(cache) / f"plan_{digest(plan_kw, *parts, np.asarray(geom.origin))}.json"
-    if path.exists():
-        try:
-            return [(PlannedCamera.from_dict(c), c["granularity"]) for c in json.loads(path.read_text())]
-        except (ValueError, KeyError, TypeError):
-            pass  # a damaged plan is planned again
-    cams = plan_cameras(geom, progress=progress, **plan_kw)
-    write_text(path, json.dumps([{**cam.to_dict(), "granularity": g} for cam, g in cams]))
-    return cams
+    return cached(Path(cache) / f"plan_{digest(plan_kw, *parts, np.asarray(geom.origin))}.json",
+                  lambda p: [(PlannedCamera.from_dict(c), c["granularity"]) for c in json.loads(p.read_text())],
+                  lambda: plan_cameras(geom, progress=progress, **plan_kw),
+                  lambda p, cams: p.write_text(json.dumps([{**cam.to_dict(), "granularity": g} for cam, g in cams])))
 
 
 def _frame_job(frames: FrameSequence, cloud: PointCloud, i: int) -> Callable[[], View]:
