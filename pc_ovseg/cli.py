@@ -364,6 +364,55 @@ def cmd_eval(args) -> int:
     return 0
 
 
+# --- bench (datasets + executors) ------------------------------------------------------------
+def _bench_args(p):
+    from .config import BenchConfig, EncoderConfig, OutputConfig, ViewsConfig
+    p.add_argument("dataset", help="dataset name (scannet, matterport, s3dis, sensaturban, semantickitti)")
+    p.add_argument("--root", help="the dataset root, as the dataset ships it")
+    p.add_argument("--out", help="output folder (per-scene results; a rerun resumes)")
+    p.add_argument("--oracle", dest="bench.oracle", action="store_true", default=argparse.SUPPRESS,
+                   help="2D predictions from the dataset's ground truth: measures views + fusion without CLIP weights")
+    p.add_argument("--config", metavar="FILE", help="run configuration (YAML/JSON) for views, encoder, fusion")
+    p.add_argument("--dump-config", action="store_true", help="print the run configuration and exit")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the split's results as one JSON object")
+    config_options(p, "bench", BenchConfig, title="benchmark")
+    config_options(p, "views", ViewsConfig, title="views")
+    config_options(p, "encoder", EncoderConfig, title="2D encoders")
+    config_options(p, "output", OutputConfig, skip=("labels",), title="labels")
+    p.add_argument("--labels", dest="output.labels", default=argparse.SUPPRESS,
+                   help="label set the split is scored in (default: the dataset's first, e.g. scannet20)")
+
+
+@command("bench", "run and score a whole dataset split in its official layout (locally or on Ray)")
+@arguments(_bench_args)
+def cmd_bench(args) -> int:
+    from .bench import run_bench
+    from .config import BenchConfig, _build
+    cfg = run_config(args, ("views", "encoder", "output"))
+    if args.dump_config:
+        print(cfg.dump(), end="")
+        return 0
+    if not args.root or not args.out:
+        raise InputError(None, "--root and --out are required")
+    bench = _build(BenchConfig, {k.partition(".")[2]: v for k, v in vars(args).items() if k.startswith("bench.")},
+                   "bench", None)
+    s = run_bench(args.dataset, args.root, args.out, cfg, bench)
+    if args.json:
+        print_json({k: v for k, v in s.items() if k not in ("confusion", "config")})
+    else:
+        pct = lambda v: "-" if v is None else f"{100 * v:.1f}"  # noqa: E731
+        print(f"{s['dataset']} {s['split']} ({s['labelset']}): {s['scenes_done']}/{s['scenes']} scenes "
+              f"({s['scenes_cached']} from an earlier run, {s['scenes_failed']} failed), mIoU {pct(s['miou'])}, "
+              f"mAcc {pct(s['macc'])}, coverage {pct(s['coverage'])}, {s['seconds']:.1f} s")
+        for g, v in (s.get("groups") or {}).items():
+            print(f"  {g}: mIoU {pct(v['miou'])} ({v['classes_present']} classes present)")
+        for n, v in s["failed"].items():
+            print(f"  failed {n}: {v['error']}")
+        print(f"  wrote {os.path.join(args.out, 'results.json')}, results.md, iou.png")
+    return 0 if s["scenes_done"] else 2
+
+
 # --- distill / predict (backbone) ------------------------------------------------------------
 def _distill_args(p):
     from .config import Num

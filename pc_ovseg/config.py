@@ -210,6 +210,39 @@ class OutputConfig(_Checked):
     progress: bool = option(True, "progress bars on stderr", flag="")
 
 
+@dataclass
+class BenchConfig(_Checked):
+    """What ``pc-ovseg bench`` runs over: which scenes of which dataset, scored how, run where."""
+
+    split: str = option("val", "dataset split")
+    scenes: str | None = option(None, "only these scenes, comma-separated (default: the whole split)", metavar="A,B")
+    limit: int | None = option(None, "only the first N scenes of the split", check=Num(int, 1, none=True))
+    frame_skip: int = option(1, "use every Nth dataset frame (ScanNet: every 20th is the usual benchmark)",
+                             check=Num(int, 1, 10000))
+    oracle: bool = option(False, "2D predictions made from the dataset's ground truth (no CLIP weights needed)",
+                          flag="")
+    noise: float = option(0.0, "--oracle: relabel this fraction of each view's regions with a wrong class",
+                          check=Num(float, 0, 1))
+    seed: int = option(0, "--oracle --noise: random seed", check=Num(int, 0))
+    features: str | None = option(None, "precomputed:DIR = score per-scene fused features made elsewhere "
+                                        "(DIR/<scene>.npz FeatureClouds, or OpenScene .pt files)", metavar="SPEC")
+    features_encoder: str | None = option(None, "text side of --features (e.g. clip:ViT-L-14-336:openai for "
+                                                "OpenScene's OpenSeg features; default: the --clip-model)",
+                                          metavar="SPEC")
+    executor: str = option("local", "where scenes run: here (one after another, or --workers processes) or "
+                                     "on a Ray cluster", choices=("local", "ray"))
+    workers: int | None = option(None, "worker processes / Ray actors (default: local 1, Ray: one per GPU or CPU)",
+                                 check=Num(int, 1, 4096, none=True))
+    address: str | None = option(None, "Ray cluster address (default: start a local cluster)", metavar="ADDR")
+    retries: int = option(1, "times a failed scene is retried before it is reported and skipped",
+                          check=Num(int, 0, 10))
+
+    def result_parts(self) -> dict:
+        """What changes a scene's numbers (not where or how many workers run it)."""
+        return {"frame_skip": self.frame_skip, "oracle": self.oracle, "noise": self.noise, "seed": self.seed,
+                "features": self.features, "features_encoder": self.features_encoder}
+
+
 # -- composed ------------------------------------------------------------------------------------
 @dataclass
 class RunConfig:

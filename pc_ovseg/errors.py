@@ -27,6 +27,9 @@ class InputError(PcOvsegError):
         self.problem = " ".join(str(problem).split())  # keep it on one line
         super().__init__(f"{shown_path(self.path)}: {self.problem}" if self.path else self.problem)
 
+    def __reduce__(self):  # travels between worker processes and Ray actors intact
+        return type(self), (self.path, self.problem)
+
 
 class WeightsError(PcOvsegError):
     """Model weights are missing and cannot be fetched; the message says how to supply them."""

@@ -99,6 +99,21 @@ class EvalResult:
                 "class_ids": [int(i) for i in self.class_ids], "confusion": self.confusion.tolist()}
 
 
+def group_scores(result: EvalResult, groups: dict[str, list[str]] | None) -> dict:
+    """mIoU / mAcc over each named subset of classes (ScanNet200 head / common / tail), with the
+    same present-in-GT rule as the overall means."""
+    from .labels import norm_name
+    pos = {norm_name(n): k for k, n in enumerate(result.class_names)}
+    out = {}
+    for g, names in (groups or {}).items():
+        idx = [pos[norm_name(n)] for n in names if norm_name(n) in pos]
+        keep = [k for k in idx if result.present[k]]
+        out[g] = {"miou": round(float(result.iou[keep].mean()), 6) if keep else None,
+                  "macc": round(float(result.acc[keep].mean()), 6) if keep else None,
+                  "classes": len(idx), "classes_present": len(keep)}
+    return out
+
+
 def evaluate(pred, gt, class_names: "Sequence[str] | LabelSet", *, ignore_ids: Sequence[int] = (),
              ignore_label: int = -1, seen: np.ndarray | None = None) -> EvalResult:
     """Score per-point predictions against ground truth; both are label ids of ``class_names``.

@@ -43,6 +43,7 @@ class LabelSet:
     marks ids that are not evaluated. ``raw_map`` maps a dataset's raw ids (NYU40 ids, SemanticKITTI
     .label ids, ...) to these ids for :func:`remap_labels`; ``raw_inverse`` picks the raw id each id
     is written back as (:meth:`to_raw`; by default the smallest raw id that maps to it).
+    ``groups`` names subsets a benchmark also reports means over (ScanNet200 head/common/tail).
     """
 
     name: str
@@ -54,6 +55,7 @@ class LabelSet:
     raw_map: dict[int, int] | None = None
     raw_names: list[str] | None = None
     raw_inverse: dict[int, int] | None = None
+    groups: dict[str, list[str]] | None = None
     source: str = ""
     citation: str = ""
     path: str | None = None
@@ -155,6 +157,8 @@ class LabelSet:
             d["raw_names"] = self.raw_names
         if self.raw_inverse is not None:
             d["raw_inverse"] = {str(k): v for k, v in self.raw_inverse.items()}
+        if self.groups is not None:
+            d["groups"] = self.groups
         return d
 
     @classmethod
@@ -177,6 +181,7 @@ class LabelSet:
                        prompts=prompts, ignore_ids=tuple(d.get("ignore_ids") or ()),
                        title=str(d.get("title", "")), description=str(d.get("description", "")),
                        raw_map=raw_map, raw_names=d.get("raw_names"), raw_inverse=raw_inverse,
+                       groups={str(k): [str(n) for n in v] for k, v in d["groups"].items()} if d.get("groups") else None,
                        source=str(d.get("source", "")),
                        citation=str(d.get("citation", "")), path=path)
         except KeyError as exc:

@@ -112,3 +112,35 @@ def oracle_fuse(cloud: PointCloud, labels: np.ndarray, class_names: list[str], *
     spec = "labels:" + ",".join(class_names)
     return fusion.result(cloud, encoder=spec, class_names=class_names,
                          meta={"oracle": True, "noise": noise, "views": len(done)})
+
+
+class OracleLabels:
+    """A view encoder whose "2D prediction" is the GT label map of each view (``encode(view)``),
+    so the oracle runs through the pipeline's own cached, resumable ``fuse_scene``.
+
+    Region noise is drawn from a generator seeded by ``seed`` and the view's name, so a view gets
+    the same corruption whatever order, process or machine makes it (bench's local and Ray runs
+    give identical results).
+    """
+
+    def __init__(self, labels: np.ndarray, class_names: list[str], *, noise: float = 0.0, seed: int = 0,
+                 masks: str = "superpixels"):
+        from .encoders import get_encoder
+        from .store import digest
+        self.class_names = list(class_names)
+        lab = np.asarray(labels, np.int64).reshape(-1)
+        self.labels = np.where(np.isin(lab, [i for i, n in enumerate(self.class_names) if n == "ignore"]), -1, lab)
+        self.noise, self.seed, self.masks = float(noise), int(seed), masks
+        self.encoder = get_encoder("labels:" + ",".join(self.class_names))
+        self.settings = {"oracle": digest(self.labels, length=12), "classes": self.class_names,
+                         "noise": self.noise, "seed": self.seed, **({"masks": masks} if noise > 0 else {})}
+
+    def encode(self, view: View):
+        import zlib
+        from .encoders import get_mask_source, label_map_features
+        C = len(self.class_names)
+        lm = gt_label_map(view, self.labels, C)
+        if self.noise > 0:
+            rng = np.random.default_rng([self.seed, zlib.crc32(view.name.encode())])
+            lm = corrupt_label_map(lm, get_mask_source(self.masks)(view), self.noise, C, rng)
+        return label_map_features(lm, C)

@@ -48,19 +48,28 @@ class Scene:
 
 def load_scene(path: str, cfg: ViewsConfig | None = None, *, plan_cache: str | Path | None = None,
                progress: bool = True) -> Scene:
-    """Read any supported input and decide its views (frames selected, bare clouds planned with
-    the kind detected once, so the plan is the one reported). A cloud built from RGB-D depth is
-    kept in ``plan_cache`` too: building it reads every frame it uses."""
+    """Read any supported input and decide its views (:func:`scene_from`)."""
     from . import io
     cfg = cfg or ViewsConfig()
-    data = io.read(path, layout=cfg.layout)
+    return scene_from(io.read(path, layout=cfg.layout), cfg, plan_cache=plan_cache, progress=progress, source=path)
+
+
+def scene_from(data: FrameSequence | Mesh | PointCloud, cfg: ViewsConfig | None = None, *,
+               cloud: PointCloud | None = None, plan_cache: str | Path | None = None, progress: bool = True,
+               source: str | None = None) -> Scene:
+    """Decide the views of what a reader returned (frames selected, bare clouds planned with the
+    kind detected once, so the plan is the one reported). ``cloud`` is the point set to label
+    when the caller has one (a benchmark scene's annotated vertices seen by the dataset's frames);
+    otherwise a cloud built from RGB-D depth is kept in ``plan_cache``: building it reads every
+    frame it uses."""
+    cfg = cfg or ViewsConfig()
     frames_digest = _frames_digest(data) if isinstance(data, FrameSequence) else None
-    if frames_digest and not cfg.cloud and plan_cache is not None:
+    if cloud is None and frames_digest and not cfg.cloud and plan_cache is not None:
         cloud = _built_cloud(data, cfg, frames_digest, Path(plan_cache), progress)
-    else:
+    elif cloud is None:
         cloud = scene_cloud(data, cfg, progress=progress)
     if len(cloud) == 0:
-        raise InputError(path, "no points to label")
+        raise InputError(source or getattr(data, "source", None), "no points to label")
     kind = plan_kind(data, cfg)
     plan_cfg = replace(cfg, kind=kind) if cfg.kind != kind and kind in KINDS else cfg
     jobs = view_jobs(data, cloud, plan_cfg, plan_cache=plan_cache, progress=progress)

@@ -322,3 +322,56 @@ def test_prompt_vocabulary():
     asprs = load_labelset("asprs")
     texts, owner = asprs.flat_prompts()
     assert texts[:3] == ["ground", "road", "pavement"] and asprs.ids[owner[:3]].tolist() == [2, 2, 2]
+
+
+# --- the ScanNet benchmark's own rule ----------------------------------------------------------
+SCANNET_VALID = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 14, 16, 24, 28, 33, 34, 36, 39]
+
+
+def _scannet_script_ious(scenes):
+    """The logic of ScanNet's BenchmarkScripts/3d_evaluation/evaluate_semantic_label.py, written
+    out point by point: one confusion over NYU40 ids for all scans; a GT id outside the 20 classes
+    is skipped; any predicted id (valid or not) lands in its column; FN = the rest of the GT row,
+    FP = the class's column over the other valid GT rows."""
+    conf = np.zeros((41, 41), np.uint64)
+    for gt, pred in scenes:
+        for g, p in zip(gt.tolist(), pred.tolist()):
+            if g not in SCANNET_VALID:
+                continue
+            conf[g][p] += 1
+    out = []
+    for c in SCANNET_VALID:
+        tp = int(conf[c, c])
+        fn = int(conf[c, :].sum()) - tp
+        fp = int(conf[[v for v in SCANNET_VALID if v != c], c].sum())
+        out.append(float("nan") if tp + fp + fn == 0 else tp / (tp + fp + fn))
+    return np.array(out)
+
+
+def test_miou_equals_the_scannet_benchmark_script(shared_data):
+    """Three scans of real NYU40 GT (the labelled scene0000_00, subsampled differently) with
+    corrupted predictions, including NYU40 ids outside ScanNet-20 and 0 (unannotated): per-class
+    IoU and mIoU over the split equal the benchmark script's to 1e-6."""
+    d = shared_data / "scannet-scene0000-labelled"
+    sem = np.load(d / "scene0000_00_sem_label.npy").astype(np.int64)
+    ls = load_labelset("scannet20")
+    rng = np.random.default_rng(3)
+    scenes, total = [], None
+    for k in range(3):
+        gt = sem[k::7]
+        pred = gt.copy()
+        flip = rng.random(len(gt)) < 0.25 + 0.1 * k
+        pred[flip] = rng.choice(np.arange(0, 41), flip.sum())   # any NYU40 id, valid or not, or 0
+        scenes.append((gt, pred))
+        r = evaluate(remap_labels(pred, ls), remap_labels(gt, ls), ls)
+        total = r if total is None else total + r
+    ref = _scannet_script_ious(scenes)
+    ids = [ls.raw_map[c] for c in SCANNET_VALID]
+    ours = total.iou[ids]
+    present = total.present[ids]
+    assert 10 <= present.sum() < 20 and not np.isnan(ref).any()
+    assert np.abs(ours - ref).max() < 1e-6          # every class, present or only predicted
+    assert abs(total.miou - float(np.mean(ref[present]))) < 1e-6
+    # The one documented difference is in the mean: a class absent from the GT but predicted
+    # (IoU 0 in both) is left out of our mIoU; on a full split every class is present.
+    assert np.all(ref[~present] == 0)

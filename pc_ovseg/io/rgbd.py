@@ -53,11 +53,14 @@ def _image_size(path: str) -> tuple[int, int]:
         raise InputError(path, f"not a readable image ({type(exc).__name__})") from None
 
 
-def load_color(path: str) -> np.ndarray:
+def load_color(path: str, data: bytes | None = None) -> np.ndarray:
+    """RGB uint8 of an image file, or of its encoded ``data`` (a .sens frame) named by ``path``."""
+    import io
     from PIL import Image, UnidentifiedImageError
-    check_file(path)
+    if data is None:
+        check_file(path)
     try:
-        with Image.open(path) as im:
+        with Image.open(path if data is None else io.BytesIO(data)) as im:
             return np.asarray(im.convert("RGB"))
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as exc:
         raise InputError(path, f"not a readable image ({exc_text(exc)})") from None
@@ -78,6 +81,12 @@ def load_depth(path: str, scale: float, invalid=(0,)) -> np.ndarray:
                 raw = np.asarray(im)
         except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as exc:
             raise InputError(path, f"not a readable depth image ({exc_text(exc)})") from None
+    return depth_metres(path, raw, scale, invalid)
+
+
+def depth_metres(path: str, raw: np.ndarray, scale: float, invalid=(0,)) -> np.ndarray:
+    """Raw depth units -> float32 metres with invalid values 0, checked (a 2D numeric map of a
+    plausible scale); ``path`` names the source in errors."""
     if raw.ndim == 3 and raw.shape[2] in (1, 3, 4):
         raise InputError(path, f"depth must be single-channel, got {raw.shape[2]} channels")
     if raw.ndim != 2:
