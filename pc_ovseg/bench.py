@@ -136,18 +136,23 @@ def _work(job: BenchJob, state: _State, name: str) -> dict:
     return bench_scene(job, state, name)
 
 
+def features_dir(spec: str) -> Path:
+    """The folder of ``--features precomputed:DIR``."""
+    kind, _, folder = spec.partition(":")
+    if kind != "precomputed" or not folder:
+        raise InputError(None, f"--features must be precomputed:DIR, got {spec!r}")
+    if not os.path.isdir(folder):
+        raise InputError(folder, "--features folder not found")
+    return Path(folder)
+
+
 def precomputed_features(spec: str, name: str, cloud, encoder: str):
     """Fused features made elsewhere for one scene: ``DIR/<scene>.npz`` / ``DIR/<scene>/fused.npz``
     (FeatureCloud), or OpenScene's ``DIR/<scene>[_0].pt`` (fp16 ``feat`` of the points in the
     boolean ``mask_full``), read with weights_only; the scene's own points are the cloud."""
     from .data import FeatureCloud
     from .store import load_checkpoint
-    kind, _, folder = spec.partition(":")
-    if kind != "precomputed" or not folder:
-        raise InputError(None, f"--features must be precomputed:DIR, got {spec!r}")
-    if not os.path.isdir(folder):
-        raise InputError(folder, "--features folder not found")
-    base = Path(folder)
+    base = features_dir(spec)
     for p in (base / f"{name}.npz", base / name / "fused.npz"):
         if p.is_file():
             fc = FeatureCloud.load(p)
@@ -191,6 +196,8 @@ def run_bench(dataset: str, root, out, cfg: RunConfig | None = None, bench: Benc
     ds.check_split(bench.split)
     if bench.features and bench.oracle:
         raise InputError(None, "--oracle and --features are two sources of 2D features: give one")
+    if bench.features:
+        features_dir(bench.features)   # a wrong folder is one error now, not one per scene
     names = ds.scenes(bench.split)
     if bench.scenes:
         want = [s.strip() for s in bench.scenes.split(",") if s.strip()]

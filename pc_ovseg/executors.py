@@ -194,8 +194,10 @@ class RayExecutor(Executor):
             kw = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
             if address:
                 ray.init(address=address, **kw)
-            else:
-                ray.init(num_cpus=workers or os.cpu_count(), **kw)
+            else:  # a local cluster imports the driver's pc_ovseg (a checkout as much as an install)
+                pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+                path = os.pathsep.join(p for p in (pkg_parent, os.environ.get("PYTHONPATH", "")) if p)
+                ray.init(num_cpus=workers or os.cpu_count(), runtime_env={"env_vars": {"PYTHONPATH": path}}, **kw)
             self._started = True
         else:
             self._started = False
