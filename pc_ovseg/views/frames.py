@@ -130,11 +130,16 @@ def cloud_from_frames(frames: FrameSequence, *, voxel_size: float = 0.02, max_fr
 
 
 def _index_map(cloud: PointCloud, camera: Camera, ids: np.ndarray) -> np.ndarray:
-    """Index map of the visible points only: each pixel gets the nearest visible point's id."""
+    """Index map of the visible points only. A visible point owns the pixel it projects to (the
+    nearest one where two share it); discs fill the pixels between points. Discs alone would let
+    a point's neighbour in front (within the depth tolerance) take its pixel, and the labels read
+    there (oracle maps, masks) bleed across object edges."""
     if not len(ids):
         return np.full((camera.height, camera.width), -1, np.int64)
-    r = splat_radius(cloud)[ids]
-    _, index = native.splat(cloud.xyz[ids], camera, radius=r)
+    xyz = cloud.xyz[ids]
+    _, own = native.splat(xyz, camera, radius=None)
+    _, disc = native.splat(xyz, camera, radius=splat_radius(cloud)[ids])
+    index = np.where(own >= 0, own, disc)
     return np.where(index >= 0, ids[np.maximum(index, 0)], -1)
 
 
