@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dataset_fixtures import (K_COLOR, NYU40_NAMES, RAW_CATEGORIES, load_labelled, render_frames,
+from dataset_fixtures import (NYU40_NAMES, RAW_CATEGORIES, load_labelled, render_frames,
                               segments_of)
 
 # --- S3DIS ------------------------------------------------------------------------------------
@@ -88,7 +88,9 @@ MP_HOUSES = {"17DRP5sb8fy": "val", "1LXtFkjw3qL": "train"}
 MP_TSV_HEADER = ["index", "raw_category", "category", "count", "nyuId", "nyu40id", "eigen13id", "nyuClass",
                  "nyu40class", "eigen13class", "ModelNet40", "ModelNet10", "ShapeNetCore55", "synsetoffset",
                  "wnsynsetid", "wnsynsetkey", "mpcat40", "mpcat40index"]
-MP_FRAME_EYES = {"camA": (-2.0, 0.0, 1.4), "camB": (2.0, 0.3, 1.3), "camC": (50.0, 0.0, 1.4)}  # camC: sees nothing here
+# (eye, target) of the frames: camA and camD stand in region0, camB in region1, camC 50 m away (in none)
+MP_FRAME_EYES = {"camA": ((-1.8, -2.5, 1.5), (-2.5, 2.5, 0.4)), "camB": ((1.8, 2.5, 1.5), (2.5, -2.5, 0.4)),
+                 "camC": ((50.0, 0.0, 1.4), (0.0, 0.0, 0.6)), "camD": ((-2.5, 2.0, 1.2), (-1.5, -2.5, 0.4))}
 _GL = np.diag([1.0, -1.0, -1.0, 1.0])
 
 
@@ -146,12 +148,7 @@ def write_region_ply(path, xyz, rgb, faces, category_id, segment_id, material_id
 def mp_cameras() -> dict[str, np.ndarray]:
     """OpenCV camera-to-world poses of the fixture frames, each looking across the room."""
     from pc_ovseg.views.cameras import look_at
-    out = {}
-    for name, eye in MP_FRAME_EYES.items():
-        eye = np.asarray(eye)
-        target = np.array([-eye[0] if abs(eye[0]) < 10 else 0.0, -eye[1], 0.6])
-        out[name] = look_at(eye, target)
-    return out
+    return {name: look_at(np.asarray(eye), np.asarray(target)) for name, (eye, target) in MP_FRAME_EYES.items()}
 
 
 def write_matterport(root, shared, *, frames: bool = True) -> dict:

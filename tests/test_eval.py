@@ -41,7 +41,7 @@ def test_labelset_counts(name, count, size):
 
 def test_labelset_contents():
     assert list_labelsets() == sorted(["scannet20", "scannet200", "matterport21", "matterport160",
-                                       "sensaturban13", "semantickitti19", "asprs"])
+                                       "sensaturban13", "semantickitti19", "asprs", "s3dis13"])
     sn = load_labelset("ScanNet-20")
     assert sn.names[:3] == ["wall", "floor", "cabinet"] and sn.names[-1] == "otherfurniture"
     assert sn.prompts["otherfurniture"] == ["other furniture", "furniture"]

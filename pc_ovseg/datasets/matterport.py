@@ -40,8 +40,7 @@ from ..io._common import make_cloud
 from ..io.ply import parse_ply
 from ..io.rgbd import _GL_TO_CV, _image_size, _load_json, check_aspect, check_pose, load_color, load_depth
 from ..labels import remap_labels
-from .base import Dataset, GTScene, register_dataset
-from .s3dis import natural_key
+from .base import Dataset, GTScene, register_dataset, split_file
 
 TSV = os.path.join("metadata", "category_mapping.tsv")
 DEPTH_SCALE = 4000.0     # undistorted depth: 0.25 mm units
@@ -77,7 +76,6 @@ class Matterport(Dataset):
                 break
         if listed is None:
             raise InputError(self.root, f"no scenes_{split}.txt (the official house list of the {split} split)")
-        from .base import split_file
         out, missing = [], []
         for house in split_file(listed):
             regions = self.regions(house)
@@ -194,7 +192,8 @@ class Matterport(Dataset):
             except (TypeError, ValueError, KeyError, OverflowError):
                 ids = None
             if ids is None or not isinstance(oid, int) or isinstance(oid, bool) or oid < 0:
-                raise InputError(sem, f"segGroups[{k}] needs a non-negative integer 'objectId' and a list of integer 'segments'")
+                raise InputError(sem, f"segGroups[{k}] needs a non-negative integer 'objectId' and a list of "
+                                      f"integer 'segments'")
             pos = np.searchsorted(useg, ids)
             hit = pos < len(useg)
             hit[hit] = useg[pos[hit]] == ids[hit]
