@@ -216,16 +216,14 @@ def run_bench(dataset: str, root, out, cfg: RunConfig | None = None, bench: Benc
                  _file_stamp(cfg.output.distilled), length=16)
     done = {n: r for n in names if (r := _finished(outp / _safe(n) / "result.json", key)) is not None}
     todo = [n for n in names if n not in done]
-    workers = bench.workers or 1
+    sc = cfg.scale
+    workers = sc.workers or 1
     job = BenchJob(dataset, ds.root, str(outp), cfg, bench, ls.name, key,
-                   view_progress=cfg.output.progress and bench.executor == "local" and workers == 1)
+                   view_progress=cfg.output.progress and sc.executor == "local" and workers == 1)
     failed = {}
     if todo:
-        ex_kw = {"workers": bench.workers} if bench.executor == "ray" else {"workers": workers}
-        if bench.executor == "ray":
-            ex_kw["address"] = bench.address
-        with get_executor(bench.executor, **ex_kw) as ex:
-            for o in ex.map(partial(_work, job), todo, setup=partial(_setup, job), retries=bench.retries,
+        with get_executor(sc.executor, **sc.executor_kw()) as ex:
+            for o in ex.map(partial(_work, job), todo, setup=partial(_setup, job), retries=sc.retries,
                             progress=cfg.output.progress, desc=f"{dataset} {bench.split}"):
                 if o.ok:
                     done[o.item] = o.value
@@ -242,7 +240,7 @@ def run_bench(dataset: str, root, out, cfg: RunConfig | None = None, bench: Benc
                "source": "oracle" if bench.oracle else (bench.features or cfg.encoder.clip_model),
                "distilled": cfg.output.distilled, "scenes": len(names), "scenes_done": len(ordered),
                "scenes_failed": len(failed), "scenes_cached": len(names) - len(todo),
-               "failed": failed, "executor": bench.executor, "workers": workers}
+               "failed": failed, "executor": sc.executor, "workers": workers}
     if total is not None:
         j = total.to_json()
         summary.update(miou=j["miou"], macc=j["macc"], oacc=j["oacc"], coverage=j["coverage"],

@@ -366,7 +366,7 @@ def cmd_eval(args) -> int:
 
 # --- bench (datasets + executors) ------------------------------------------------------------
 def _bench_args(p):
-    from .config import BenchConfig, EncoderConfig, OutputConfig, ViewsConfig
+    from .config import BenchConfig, EncoderConfig, OutputConfig, ScaleConfig, ViewsConfig
     p.add_argument("dataset", help="dataset name (scannet, matterport, s3dis, sensaturban, semantickitti)")
     p.add_argument("--root", help="the dataset root, as the dataset ships it")
     p.add_argument("--out", help="output folder (per-scene results; a rerun resumes)")
@@ -377,6 +377,7 @@ def _bench_args(p):
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true", help="print the split's results as one JSON object")
     config_options(p, "bench", BenchConfig, title="benchmark")
+    config_options(p, "scale", ScaleConfig, skip=("tiles", "tile_points", "tile_halo"), title="executor")
     config_options(p, "views", ViewsConfig, title="views")
     config_options(p, "encoder", EncoderConfig, title="2D encoders")
     config_options(p, "output", OutputConfig, skip=("labels",), title="labels")
@@ -389,7 +390,7 @@ def _bench_args(p):
 def cmd_bench(args) -> int:
     from .bench import run_bench
     from .config import BenchConfig, _build
-    cfg = run_config(args, ("views", "encoder", "output"))
+    cfg = run_config(args, ("views", "encoder", "output", "scale"))
     if args.dump_config:
         print(cfg.dump(), end="")
         return 0

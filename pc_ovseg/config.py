@@ -211,6 +211,36 @@ class OutputConfig(_Checked):
 
 
 @dataclass
+class ScaleConfig(_Checked):
+    """Past one process: clouds split into tiles, and units of work (tiles, scenes) run where."""
+
+    tiles: str | int = option("auto", "auto = tile a cloud of more than --tile-points points; off; or N = tiles "
+                                      "of at most N points", check=IntOr(("auto", "off"), lo=1000))
+    tile_points: int = option(1_000_000, "points per tile core for --tiles auto (512-d features: ~3 GB per tile)",
+                              check=Num(int, 1000, 10**9))
+    tile_halo: float = option(4.0, "metres each tile reaches past its core, so views see across its seams",
+                              check=Num(float, 0, 1000))
+    executor: str = option("local", "where tiles and scenes run: here (one after another, or --workers "
+                                    "processes) or on a Ray cluster", choices=("local", "ray"))
+    workers: int | None = option(None, "worker processes / Ray actors (default: local 1, Ray: one per GPU or CPU)",
+                                 check=Num(int, 1, 4096, none=True))
+    address: str | None = option(None, "Ray cluster address (default: start a local cluster)", metavar="ADDR")
+    retries: int = option(1, "times a failed tile or scene is retried before it is reported and skipped",
+                          check=Num(int, 0, 10))
+
+    def tile_budget(self, n_points: int) -> int | None:
+        """Points per tile, or None when this cloud is run whole."""
+        if self.tiles == "off":
+            return None
+        if self.tiles == "auto":
+            return self.tile_points if n_points > self.tile_points else None
+        return int(self.tiles)
+
+    def executor_kw(self) -> dict:
+        return {"workers": self.workers, **({"address": self.address} if self.executor == "ray" else {})}
+
+
+@dataclass
 class BenchConfig(_Checked):
     """What ``pc-ovseg bench`` runs over: which scenes of which dataset, scored how, run where."""
 
@@ -229,13 +259,6 @@ class BenchConfig(_Checked):
     features_encoder: str | None = option(None, "text side of --features (e.g. clip:ViT-L-14-336:openai for "
                                                 "OpenScene's OpenSeg features; default: the --clip-model)",
                                           metavar="SPEC")
-    executor: str = option("local", "where scenes run: here (one after another, or --workers processes) or "
-                                     "on a Ray cluster", choices=("local", "ray"))
-    workers: int | None = option(None, "worker processes / Ray actors (default: local 1, Ray: one per GPU or CPU)",
-                                 check=Num(int, 1, 4096, none=True))
-    address: str | None = option(None, "Ray cluster address (default: start a local cluster)", metavar="ADDR")
-    retries: int = option(1, "times a failed scene is retried before it is reported and skipped",
-                          check=Num(int, 0, 10))
 
     def result_parts(self) -> dict:
         """What changes a scene's numbers (not where or how many workers run it)."""
@@ -252,6 +275,7 @@ class RunConfig:
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     fusion: FusionConfig = field(default_factory=FusionConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    scale: ScaleConfig = field(default_factory=ScaleConfig)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -260,14 +284,14 @@ class RunConfig:
     def from_dict(cls, d: dict, *, source: str | None = None) -> "RunConfig":
         """The inverse of to_dict; unknown sections or keys are errors (a typo never passes silently)."""
         if not isinstance(d, dict):
-            raise InputError(source, "a run configuration is a mapping of sections (views, encoder, fusion, output)")
+            raise InputError(source, "a run configuration is a mapping of sections (views, encoder, fusion, output, scale)")
         parts = {}
         for f in fields(cls):
             sub = d.get(f.name, {})
             parts[f.name] = _build(f.default_factory, sub, f.name, source)
         unknown = set(d) - {f.name for f in fields(cls)}
         if unknown:
-            raise InputError(source, f"unknown section {sorted(unknown)[0]!r}; sections: views, encoder, fusion, output")
+            raise InputError(source, f"unknown section {sorted(unknown)[0]!r}; sections: views, encoder, fusion, output, scale")
         return cls(**parts)
 
     @classmethod

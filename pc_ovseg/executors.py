@@ -114,8 +114,8 @@ class LocalExecutor(Executor):
     processes, each running ``setup`` once. Spawned, not forked: torch and OpenMP state do not
     survive a fork safely."""
 
-    def __init__(self, workers: int = 1, **_):
-        self.workers = max(1, int(workers))
+    def __init__(self, workers: int | None = 1, **_):
+        self.workers = max(1, int(workers or 1))
 
     def map(self, work, items, *, setup=None, retries=1, progress=True, desc="items"):
         items = list(items)
@@ -168,6 +168,22 @@ def _ray():
     return ray
 
 
+def _init_local_ray(ray, cpus: int, kw: dict) -> None:
+    """A local cluster whose workers import the driver's pc_ovseg. Ray puts the driver's working
+    directory on its workers' path, so a source checkout there (a clone under test, without its
+    built extension) would shadow the installed package: start it from the package's own
+    parent folder instead, and give the workers that folder."""
+    import tempfile
+    from ray.job_config import JobConfig
+    pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cwd = os.getcwd()
+    try:
+        os.chdir(tempfile.gettempdir())
+        ray.init(num_cpus=cpus, job_config=JobConfig(_py_driver_sys_path=[pkg_parent]), **kw)
+    finally:
+        os.chdir(cwd)
+
+
 class _Worker:
     """A Ray actor: holds the worker's state (the 2D model) across the items it is given."""
 
@@ -194,10 +210,8 @@ class RayExecutor(Executor):
             kw = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
             if address:
                 ray.init(address=address, **kw)
-            else:  # a local cluster imports the driver's pc_ovseg (a checkout as much as an install)
-                pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-                path = os.pathsep.join(p for p in (pkg_parent, os.environ.get("PYTHONPATH", "")) if p)
-                ray.init(num_cpus=workers or os.cpu_count(), runtime_env={"env_vars": {"PYTHONPATH": path}}, **kw)
+            else:
+                _init_local_ray(ray, workers or os.cpu_count(), kw)
             self._started = True
         else:
             self._started = False

@@ -31,9 +31,11 @@ def root(tmp_path_factory, shared_data) -> Path:
     return write_scannet(tmp_path_factory.mktemp("scannet"), shared_data, SCENES, frames=60)
 
 
-def _cfg() -> RunConfig:
+def _cfg(**scale) -> RunConfig:
     cfg = RunConfig()
     cfg.output.progress = False
+    for k, v in scale.items():
+        setattr(cfg.scale, k, v)
     return cfg
 
 
@@ -98,7 +100,7 @@ def test_resume_and_settings(oracle_run, root, tmp_path):
 
 def test_ray_equals_local(oracle_run, root, tmp_path):
     out, s = oracle_run
-    r = run_bench("scannet", root, tmp_path / "ray", _cfg(), BenchConfig(oracle=True, executor="ray", workers=2))
+    r = run_bench("scannet", root, tmp_path / "ray", _cfg(executor="ray", workers=2), BenchConfig(oracle=True))
     assert r["scenes_done"] == 3 and r["executor"] == "ray"
     for n in SCENES:
         assert np.array_equal(_confusion(tmp_path / "ray", n), _confusion(out, n)), n
@@ -112,7 +114,7 @@ def test_a_bad_scene_is_retried_reported_and_skipped(root, tmp_path):
     labels = broken / "scans" / "scene0000_02" / "scene0000_02_vh_clean_2.labels.ply"
     data = labels.read_bytes()
     labels.write_bytes(data[: len(data) // 2])    # truncated: its vertex count no longer holds
-    s = run_bench("scannet", broken, tmp_path / "out", _cfg(), BenchConfig(oracle=True, retries=1))
+    s = run_bench("scannet", broken, tmp_path / "out", _cfg(retries=1), BenchConfig(oracle=True))
     assert s["scenes_done"] == 2 and s["scenes_failed"] == 1
     f = s["failed"]["scene0000_02"]
     assert f["attempts"] == 2 and "scene0000_02_vh_clean_2.labels.ply" in f["error"] and "\n" not in f["error"]
