@@ -174,7 +174,7 @@ def cmd_render(args) -> int:
 
 
 def _scene_args(p, *, run: bool):
-    from .config import EncoderConfig, OutputConfig, ViewsConfig
+    from .config import EncoderConfig, OutputConfig, ScaleConfig, ViewsConfig
     p.add_argument("input", nargs="?", help="cloud, mesh, organised PCD or RGB-D folder/manifest")
     p.add_argument("--out", help="output folder (its cache/ makes reruns resume)")
     p.add_argument("--config", metavar="FILE", help="run configuration (YAML/JSON, as --dump-config writes); "
@@ -184,8 +184,25 @@ def _scene_args(p, *, run: bool):
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     config_options(p, "views", ViewsConfig, title="views")
     config_options(p, "encoder", EncoderConfig, title="2D encoders")
+    config_options(p, "scale", ScaleConfig, title="tiles (clouds bigger than a tile) and where they run")
     if run:
         config_options(p, "output", OutputConfig, title="labels")
+
+
+def _print_tiled(summary) -> None:
+    """A tiled run's per-tile table and totals."""
+    print(f"plan: {summary['kind']}; {summary['points']} points in {summary['tiles']} tiles of at most "
+          f"{summary['budget']} (+{summary['halo']:g} m halo), {summary['tiles_cached']} from an earlier run, "
+          f"{summary['tiles_failed']} failed")
+    print("  tile     points   core  views coverage      s  peak MB")
+    for r in summary["per_tile"]:
+        print(f"  {r['tile']} {r['points']:>8} {r['core_points']:>7} {r['views']:>5} {r['coverage']:>8.3f} "
+              f"{r['seconds']:>6.1f} {r['peak_rss_mb'] or 0:>8.0f}")
+    for n, v in summary["failed"].items():
+        print(f"  failed {n}: {v['error']}")
+    print(f"{summary['views']} views, coverage {summary['coverage']:.3f}, {summary['seconds']:.1f} s")
+    for f in summary.get("merged", []):
+        print(f"  wrote {f}")
 
 
 def _scene_config(args, sections):
@@ -201,11 +218,14 @@ def _scene_config(args, sections):
 @arguments(lambda p: _scene_args(p, run=True))
 def cmd_run(args) -> int:
     from .pipeline import run
-    cfg, dump = _scene_config(args, ("views", "encoder", "output"))
+    cfg, dump = _scene_config(args, ("views", "encoder", "output", "scale"))
     if dump:
         print(cfg.dump(), end="")
         return 0
     summary = run(args.input, args.out, cfg)
+    if "tiles" in summary:
+        print_json(summary) if args.json else _print_tiled(summary)
+        return 0 if summary["tiles_done"] else 2
     if args.json:
         print_json(summary)
     else:
@@ -226,11 +246,17 @@ def cmd_fuse(args) -> int:
     from pathlib import Path
 
     from .pipeline import fuse_scene, load_scene
-    cfg, dump = _scene_config(args, ("views", "encoder"))
+    from .tiles import run_tiled, tile_budget
+    cfg, dump = _scene_config(args, ("views", "encoder", "scale"))
     if dump:
         print(cfg.dump(), end="")
         return 0
     out = Path(args.out)
+    budget = tile_budget(args.input, cfg.scale)
+    if budget is not None:  # per tile: OUT/tiles/tNNNN/fused.npz (query and view read them through tiles.json)
+        summary = run_tiled(args.input, out, cfg, budget=budget)
+        print_json(summary) if args.json else _print_tiled(summary)
+        return 0 if summary["tiles_done"] else 2
     encoder = cfg.encoder.build()  # weights, device and masks fail before the input is read
     scene = load_scene(args.input, cfg.views, plan_cache=out / "cache", progress=cfg.output.progress)
     fc, stats = fuse_scene(scene, encoder, out / "cache", cfg, progress=cfg.output.progress)
@@ -244,7 +270,7 @@ def cmd_fuse(args) -> int:
 
 
 def _query_args(p):
-    p.add_argument("features", help="a fused or predicted feature file (.npz)")
+    p.add_argument("features", help="a fused or predicted feature file (.npz), or a tiled run's tiles.json")
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--labels", help="vocabulary -> per-point labels")
     g.add_argument("--text", action="append",
@@ -260,6 +286,31 @@ def _query_args(p):
                         "NYU40 ids, SemanticKITTI <scene>.label of raw ids); the label set needs raw ids")
     p.add_argument("--scene", help="name of the benchmark file (default: the stem of the features' source)")
     p.add_argument("--json", action="store_true")
+
+
+def _is_tiled(path) -> bool:
+    from .tiles import INDEX
+    return str(path).endswith(INDEX) or os.path.isfile(os.path.join(str(path), INDEX))
+
+
+def _query_tiled(args, texts, out) -> int:
+    from .labels import vocabulary
+    from .tiles import TiledResult
+    res = TiledResult(args.features)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.format:
+        raise InputError(args.features, "--format is written per scene; query a tile's fused.npz for it")
+    if args.labels:
+        voc = vocabulary(args.labels)
+        summary = res.export_labels(out, voc.pop("vocabulary"), **voc)
+    else:
+        files = []
+        for k, text in enumerate(texts):
+            stem = "".join(c if c.isalnum() else "_" for c in text)[:40] + (f"_{k + 1}" if k else "")
+            files += res.export_heatmap(out, text, stem)
+        summary = {"queries": texts, "files": files}
+    print_json(summary) if args.json else print("\n".join(f"wrote {f}" for f in summary["files"]))
+    return 0
 
 
 @command("query", "labels for a vocabulary, or a heatmap and objects for each text query")
@@ -280,8 +331,10 @@ def cmd_query(args) -> int:
     for text in texts:  # all checked before any work
         if not text.strip() or len(text) > 500:
             raise InputError(args.queries, f"every query must be 1-500 characters, got {text[:60]!r}")
-    fc = FeatureCloud.load(args.features)
     out = Path(args.out)
+    if _is_tiled(args.features):  # a tiled run: tile by tile, merged files
+        return _query_tiled(args, texts, out)
+    fc = FeatureCloud.load(args.features)
     out.mkdir(parents=True, exist_ok=True)
     if args.labels:
         from .labels import vocabulary

@@ -216,7 +216,7 @@ class ScaleConfig(_Checked):
 
     tiles: str | int = option("auto", "auto = tile a cloud of more than --tile-points points; off; or N = tiles "
                                       "of at most N points", check=IntOr(("auto", "off"), lo=1000))
-    tile_points: int = option(1_000_000, "points per tile core for --tiles auto (512-d features: ~3 GB per tile)",
+    tile_points: int = option(250_000, "points per tile core for --tiles auto (smaller tiles get finer views)",
                               check=Num(int, 1000, 10**9))
     tile_halo: float = option(4.0, "metres each tile reaches past its core, so views see across its seams",
                               check=Num(float, 0, 1000))

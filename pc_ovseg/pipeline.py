@@ -235,6 +235,10 @@ def run(path: str, out_dir: str | Path, cfg: RunConfig | None = None, *, view_en
     """
     t0 = time.perf_counter()
     cfg = cfg or RunConfig()
+    from .tiles import run_tiled, tile_budget
+    budget = tile_budget(path, cfg.scale)
+    if budget is not None:  # bigger than a tile: split, run tile by tile (pc_ovseg.tiles)
+        return run_tiled(path, out_dir, cfg, budget=budget, view_encoder=view_encoder)
     from .labels import vocabulary
     voc = vocabulary(cfg.output.labels)  # a bad vocabulary or checkpoint fails now, before any view
     distilled = None

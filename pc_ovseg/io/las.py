@@ -17,6 +17,33 @@ from ..errors import InputError
 from ._common import ORIGIN_THRESHOLD, check_file, choose_origin, exc_text, make_cloud, output_fields, register
 
 _SKIP = {"X", "Y", "Z", "red", "green", "blue"}
+_ALWAYS = ("classification", "intensity", "return_number", "number_of_returns", "gps_time")
+
+
+def _las_arrays(pts, dims, keep=None) -> tuple[np.ndarray, np.ndarray | None, dict]:
+    """Integer coordinates (float64), rgb and fields of a laspy point record (whole or a chunk);
+    ``keep`` fixes the fields (chunks must agree), else all-zero flag dims are left out."""
+    ints = np.stack([np.asarray(pts[a], np.float64) for a in ("X", "Y", "Z")], 1)
+    fields = {}
+    for d in dims:
+        if d in _SKIP:
+            continue
+        if keep is not None and d not in keep:
+            continue
+        a = np.asarray(pts[d])
+        if keep is not None or d in _ALWAYS or a.any():  # keep the informative dims; all-zero flag bits are noise
+            fields[d] = np.ascontiguousarray(a)
+    rgb = None
+    if {"red", "green", "blue"} <= set(dims):
+        c = np.stack([np.asarray(pts[a]) for a in ("red", "green", "blue")], 1)
+        # LAS says 16-bit; many writers store 8-bit values. Scale only when 16-bit is used.
+        rgb = (c >> 8).astype(np.uint8) if c.max(initial=0) > 255 else c.astype(np.uint8)
+    return ints, rgb, fields
+
+
+def _check_scale(path, scale, offset) -> None:
+    if not (np.isfinite(scale).all() and (scale > 0).all() and np.isfinite(offset).all()):
+        raise InputError(path, f"invalid LAS scale {scale.tolist()} / offset {offset.tolist()}")
 
 
 def read_las(path: str, layout=None) -> PointCloud:
@@ -24,30 +51,15 @@ def read_las(path: str, layout=None) -> PointCloud:
     path = check_file(path)
     try:
         las = laspy.read(path)
-        dims = list(las.point_format.dimension_names)
-        ints = np.stack([np.asarray(las[a], np.float64) for a in ("X", "Y", "Z")], 1)
+        ints, rgb, fields = _las_arrays(las, list(las.point_format.dimension_names))
         scale, offset = np.asarray(las.header.scales, np.float64), np.asarray(las.header.offsets, np.float64)
-        fields = {}
-        for d in dims:
-            if d in _SKIP:
-                continue
-            a = np.asarray(las[d])
-            if d in ("classification", "intensity", "return_number", "number_of_returns", "gps_time") \
-                    or a.any():  # keep the informative dims; all-zero flag bits are noise
-                fields[d] = np.ascontiguousarray(a)
-        rgb = None
-        if {"red", "green", "blue"} <= set(dims):
-            c = np.stack([np.asarray(las[a]) for a in ("red", "green", "blue")], 1)
-            # LAS says 16-bit; many writers store 8-bit values. Scale only when 16-bit is used.
-            rgb = (c >> 8).astype(np.uint8) if c.max(initial=0) > 255 else c.astype(np.uint8)
     except InputError:
         raise
     except Exception as exc:  # laspy raises LaspyException, ValueError, struct errors, ...
         raise InputError(path, f"malformed LAS/LAZ ({exc_text(exc)})") from None
     if len(ints) == 0:
         raise InputError(path, "contains no points")
-    if not (np.isfinite(scale).all() and (scale > 0).all() and np.isfinite(offset).all()):
-        raise InputError(path, f"invalid LAS scale {scale.tolist()} / offset {offset.tolist()}")
+    _check_scale(path, scale, offset)
     # local = X * scale + (offset - origin): one rounding, so a LAS written at offset == origin
     # (write_las) reads back bit-exact
     corners = np.array([ints.min(0), ints.max(0)]) * scale + offset
@@ -56,6 +68,26 @@ def read_las(path: str, layout=None) -> PointCloud:
         origin = offset.copy()  # the writer's offset is near the data: use it, stay exact
     local = ints * scale + (offset - origin)
     return make_cloud(path, local, rgb=rgb, fields=fields, origin=origin, relative=True)
+
+
+def iter_las(path: str, chunk: int = 2_000_000):
+    """(world xyz float64, rgb, fields) per ``chunk`` points, read with laspy's chunk iterator:
+    a LAS/LAZ of any size in the memory of one chunk (pc_ovseg.tiles splits clouds with it)."""
+    import laspy
+    path = check_file(path)
+    try:
+        with laspy.open(path) as f:
+            scale, offset = np.asarray(f.header.scales, np.float64), np.asarray(f.header.offsets, np.float64)
+            _check_scale(path, scale, offset)
+            dims = list(f.header.point_format.dimension_names)
+            keep = set(_ALWAYS) | {"user_data", "point_source_id"} | set(f.header.point_format.extra_dimension_names)
+            for pts in f.chunk_iterator(chunk):
+                ints, rgb, fields = _las_arrays(pts, dims, keep)
+                yield ints * scale + offset, rgb, fields
+    except InputError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise InputError(path, f"malformed LAS/LAZ ({exc_text(exc)})") from None
 
 
 register("las", "cloud", exts=(".las", ".laz"))(read_las)
