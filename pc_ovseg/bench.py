@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -96,6 +96,10 @@ def bench_scene(job: BenchJob, state: _State, name: str) -> dict:
     gt = state.ds.load(name)
     ls = gt.labelset
     info: dict = {"views": 0, "views_cached": 0}
+    from .tiles import tile_budget
+    budget = tile_budget(gt.cloud, cfg.scale) if gt.frames is None and not b.features else None
+    if budget is not None:  # a big frame-less scene (a SensatUrban block): tile by tile
+        return _bench_tiled(job, state, name, gt, sdir, budget, t0)
     if b.features:
         fc = precomputed_features(b.features, name, gt.cloud, b.features_encoder or getattr(state.text_encoder, "spec", ""))
     else:
@@ -128,6 +132,30 @@ def bench_scene(job: BenchJob, state: _State, name: str) -> dict:
            "unpredicted": res.unpredicted.tolist(), "num_ignored": res.num_ignored,
            "seconds": round(time.perf_counter() - t0, 3), "peak_rss_mb": _peak_memory_mb(),
            "frames": len(gt.frames) if gt.frames is not None else 0, "worker_pid": os.getpid()}
+    write_json(sdir / "result.json", out)
+    return out
+
+
+def _bench_tiled(job: BenchJob, state: _State, name: str, gt, sdir: Path, budget: int, t0: float) -> dict:
+    """One scene bigger than a tile: pc_ovseg.tiles in this worker (tiles one after another), GT
+    carried as a field of the cloud, scored tile by tile and summed."""
+    from .tiles import OracleSpec, run_tiled
+    ls = gt.labelset
+    cfg = replace(job.run, scale=replace(job.run.scale, executor="local", workers=1),
+                  output=replace(job.run.output, labels=ls.name))
+    cloud = gt.cloud.with_fields(gt_label=gt.labels)
+    spec = OracleSpec("gt_label", list(ls.class_names), labelset=ls.name)
+    oracle = replace(spec, noise=job.bench.noise, seed=job.bench.seed) if job.bench.oracle else None
+    s = run_tiled(cloud, sdir, cfg, budget=budget, oracle=oracle, gt=spec,
+                  view_encoder=None if job.bench.oracle else state.view_encoder)
+    if not s["tiles_done"]:
+        raise InputError(gt.source, f"no tile finished ({next(iter(s['failed'].values()))['error']})")
+    out = {"scene": name, "key": job.key, "points": len(gt.cloud), "views": s["views"], "views_cached": 0,
+           "tiles": s["tiles"], "tiles_failed": s["tiles_failed"], "coverage": s["eval_coverage"],
+           "miou": _num(s["miou"]), "macc": _num(s["macc"]), "class_ids": s["class_ids"],
+           "confusion": s["confusion"], "unpredicted": s["unpredicted"], "num_ignored": s["num_ignored"],
+           "seconds": round(time.perf_counter() - t0, 3), "peak_rss_mb": s["peak_rss_mb_max"], "frames": 0,
+           "worker_pid": os.getpid()}
     write_json(sdir / "result.json", out)
     return out
 
@@ -212,11 +240,11 @@ def run_bench(dataset: str, root, out, cfg: RunConfig | None = None, bench: Benc
     ls = ds.labelset
     outp = Path(out)
     outp.mkdir(parents=True, exist_ok=True)
+    sc = cfg.scale
     key = digest(dataset, os.path.abspath(ds.root), ls.name, bench.result_parts(), cfg.cache_parts(),
-                 _file_stamp(cfg.output.distilled), length=16)
+                 _file_stamp(cfg.output.distilled), [sc.tiles, sc.tile_points, sc.tile_halo], length=16)
     done = {n: r for n in names if (r := _finished(outp / _safe(n) / "result.json", key)) is not None}
     todo = [n for n in names if n not in done]
-    sc = cfg.scale
     workers = sc.workers or 1
     job = BenchJob(dataset, ds.root, str(outp), cfg, bench, ls.name, key,
                    view_progress=cfg.output.progress and sc.executor == "local" and workers == 1)

@@ -430,7 +430,7 @@ def _bench_args(p):
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true", help="print the split's results as one JSON object")
     config_options(p, "bench", BenchConfig, title="benchmark")
-    config_options(p, "scale", ScaleConfig, skip=("tiles", "tile_points", "tile_halo"), title="executor")
+    config_options(p, "scale", ScaleConfig, title="tiles (scenes bigger than a tile) and where scenes run")
     config_options(p, "views", ViewsConfig, title="views")
     config_options(p, "encoder", EncoderConfig, title="2D encoders")
     config_options(p, "output", OutputConfig, skip=("labels",), title="labels")

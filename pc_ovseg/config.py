@@ -206,6 +206,9 @@ class OutputConfig(_Checked):
     distilled: str | None = option(None, "also predict with this distilled 3D model (`pc-ovseg distill`) and label "
                                    "the 2D-3D ensemble", metavar="CKPT")
     tta: int = option(1, "test-time augmentations for --distilled", check=Num(int, 1, 64))
+    compress: int | None = option(None, "store fused features as their K principal components (fitted on the "
+                                        "fused features; text queries are projected into them), e.g. 64 for 512-d CLIP",
+                                  check=Num(int, 1, 4096, none=True), metavar="K")
     formats: list = option(["ply", "las", "npz"], "label export formats", flag="")
     progress: bool = option(True, "progress bars on stderr", flag="")
 

@@ -361,6 +361,12 @@ class FeatureCloud:
     class_names: list[str] | None = None
     meta: dict = field(default_factory=dict)
     labelset: dict | None = None
+    basis: np.ndarray | None = None       # (D, k) float32: features are k principal components of D-d ones
+
+    @property
+    def text_dim(self) -> int:
+        """Dimension of the encoder's text embeddings (``basis`` projects them to the features')."""
+        return int(self.basis.shape[0]) if self.basis is not None else int(self.features.shape[1])
 
     @property
     def seen(self) -> np.ndarray:
@@ -382,6 +388,8 @@ class FeatureCloud:
             arrays["normals"] = c.normals
         for k, v in c.fields.items():
             arrays[f"field.{k}"] = v
+        if self.basis is not None:
+            arrays["basis"] = self.basis.astype(np.float32)
         header = {"encoder": self.encoder, "class_names": self.class_names, "meta": self.meta,
                   "source": c.source, "format": "pc_ovseg.FeatureCloud/1", "labelset": self.labelset}
         arrays["header"] = np.frombuffer(json.dumps(header, default=str).encode(), np.uint8)
@@ -423,7 +431,7 @@ class FeatureCloud:
                                arrays.get("origin", np.zeros(3)), source=header.get("source"))
             fc = cls(cloud, arrays["features"], arrays["weight"], arrays["view_count"],
                      str(header.get("encoder") or ""), header.get("class_names"), header.get("meta") or {},
-                     header.get("labelset"))
+                     header.get("labelset"), arrays.get("basis"))
         except KeyError as exc:
             raise InputError(path, f"not a pc_ovseg feature file (no {exc} array)") from None
         except (ValueError, TypeError) as exc:
@@ -451,9 +459,12 @@ class FeatureCloud:
             return f"{int((~np.isfinite(f).all(1)).sum()):,} points have non-finite (NaN/inf) features"
         if not np.isfinite(self.weight).all() or (self.weight < 0).any():
             return "weights must be finite and >= 0"
-        if self.class_names is not None and (not isinstance(self.class_names, list) or len(self.class_names) != f.shape[1]):
+        if self.basis is not None and (self.basis.ndim != 2 or self.basis.shape[1] != f.shape[1]
+                                       or not np.isfinite(self.basis).all()):
+            return f"basis has shape {self.basis.shape}, expected (D, {f.shape[1]}) for {f.shape[1]}-d features"
+        if self.class_names is not None and (not isinstance(self.class_names, list) or len(self.class_names) != self.text_dim):
             return f"{len(self.class_names) if isinstance(self.class_names, list) else 'no'} class names for " \
-                   f"{f.shape[1]}-d label-space features"
+                   f"{self.text_dim}-d label-space features"
         return None
 
 

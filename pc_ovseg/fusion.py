@@ -360,3 +360,39 @@ def _weighted_quantile(x: np.ndarray, w: np.ndarray, q: float) -> float:
     order = np.argsort(x)
     cw = np.cumsum(w[order])
     return float(x[order][min(np.searchsorted(cw, q * cw[-1]), len(x) - 1)])
+
+
+# --- compact storage ---------------------------------------------------------------------------
+
+def fit_basis(samples: np.ndarray, k: int) -> np.ndarray:
+    """(D, k) float32: the top ``k`` right singular vectors of fused feature rows (uncentred, so
+    dot products with text in the subspace are the full ones minus what the discarded directions
+    held). Fitted on fused features, never on a view's: the basis is the scene's, not a frame's."""
+    x = np.asarray(samples, np.float32)
+    x = x[np.abs(x).sum(1) > 0]
+    if len(x) == 0:
+        raise ValueError("no seen points to fit a feature basis on")
+    k = int(min(k, x.shape[1]))
+    _, _, vt = np.linalg.svd(x, full_matrices=False)
+    return np.ascontiguousarray(vt[:k].T, np.float32)
+
+
+def sample_rows(features: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """Up to ``n`` seen rows (deterministic), what a basis is fitted on."""
+    seen = np.flatnonzero(np.abs(features).sum(1) > 0)
+    if len(seen) > n:
+        seen = np.sort(np.random.default_rng(seed).choice(seen, n, replace=False))
+    return np.asarray(features[seen], np.float32)
+
+
+def compress(fc, basis: np.ndarray):
+    """``fc`` with its features as coordinates in ``basis`` (fp16; unseen rows stay zero); text
+    queries project into the same basis (QueryEngine), so heatmaps and labels keep their meaning."""
+    from dataclasses import replace
+    if fc.basis is not None:
+        raise ValueError("features are compressed already")
+    out = np.zeros((len(fc.features), basis.shape[1]), np.float16)
+    for a in range(0, len(out), 262_144):   # blocks: never a second N x D float32 copy
+        out[a:a + 262_144] = np.asarray(fc.features[a:a + 262_144], np.float32) @ basis
+    return replace(fc, features=out, basis=np.asarray(basis, np.float32),
+                   meta={**fc.meta, "compressed": {"from": int(basis.shape[0]), "to": int(basis.shape[1])}})

@@ -226,6 +226,9 @@ def ensemble_with_distilled(fused: FeatureCloud, ckpt, vocabulary: list[str], ou
     return ens
 
 
+COMPRESS_SAMPLE = 200_000   # seen points a feature basis is fitted on (per scene, or over all tiles)
+
+
 def run(path: str, out_dir: str | Path, cfg: RunConfig | None = None, *, view_encoder=None) -> dict:
     """The main job: fused features and labels for any input, resuming from ``out_dir/cache``.
 
@@ -252,6 +255,9 @@ def run(path: str, out_dir: str | Path, cfg: RunConfig | None = None, *, view_en
     scene = load_scene(path, cfg.views, plan_cache=out / "cache", progress=cfg.output.progress)
     t_load = time.perf_counter() - t
     fc, stats = fuse_scene(scene, view_encoder, out / "cache", cfg, progress=cfg.output.progress)
+    if cfg.output.compress:
+        from .fusion import compress, fit_basis, sample_rows
+        fc = compress(fc, fit_basis(sample_rows(fc.features, COMPRESS_SAMPLE), cfg.output.compress))
     fc.save(out / "fused.npz")
     summary = {"input": str(path), "points": len(scene.cloud), "views": stats.views,
                "views_computed": stats.computed, "views_cached": stats.cached,

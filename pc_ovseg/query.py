@@ -118,11 +118,13 @@ class QueryEngine:
                     emb = label_space_embeddings(self.fc.class_names, batch)
                 else:
                     emb = self._encode_text(batch)
-                if emb.shape[1] != self.fc.features.shape[1]:  # a result edited or paired with another model
+                if emb.shape[1] != self.fc.text_dim:  # a result edited or paired with another model
                     from .errors import InputError
-                    raise InputError(None, f"the features are {self.fc.features.shape[1]}-d but encoder "
+                    raise InputError(None, f"the features are {self.fc.text_dim}-d but encoder "
                                            f"{self.fc.encoder!r} embeds text as {emb.shape[1]}-d: the result was "
                                            "not made with this encoder")
+                if self.fc.basis is not None:  # compressed features: the text into their subspace
+                    emb = np.asarray(emb, np.float32) @ self.fc.basis
                 for t, e in zip(batch, emb):
                     self._text_cache[t] = e.astype(np.float32)
                 bar.update(len(batch))

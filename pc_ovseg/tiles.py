@@ -40,6 +40,7 @@ INDEX = "tiles.json"
 CHUNK = 2_000_000          # points per chunk read from a LAS/LAZ file
 HIST_CELLS = 2048          # the XY histogram the split is planned on: at most this many cells a side
 KIND_SAMPLE = 200_000      # points of the whole cloud the scene kind is detected on
+COMPRESS_SAMPLE = 200_000  # rows over all tiles a feature basis is fitted on (--compress)
 HALO_SHARE = 0.15          # a tile's halo reaches at most this share of its core's shorter side
 
 
@@ -181,6 +182,8 @@ def tile_budget(source, scale) -> int | None:
     """Points per tile for ``source`` under ``scale`` (ScaleConfig), or None to run it whole."""
     if scale.tiles == "off" or (not isinstance(source, PointCloud) and os.path.isdir(str(source))):
         return None
+    if isinstance(source, PointCloud) and source.grid_shape is not None:
+        return None   # an organised cloud is one camera frame: it keeps its own view
     n = len(source) if isinstance(source, PointCloud) else count_points(source)
     if n is None:
         return None if scale.tiles == "auto" else int(scale.tiles)
@@ -204,20 +207,24 @@ def split(source, out, *, budget: int, halo: float, views_cfg=None, progress: bo
     src_name = source.source if isinstance(source, PointCloud) else str(source)
     # pass 1: bounds and the histogram, and a thin sample to detect the scene kind on
     lo, hi, total = np.full(3, np.inf), np.full(3, -np.inf), 0
+    finite = 0
     for xyz, _, _ in iter_chunks(source):
+        total += len(xyz)
+        xyz = xyz[np.isfinite(xyz).all(1)]   # (points without coordinates get no tile, no label)
         if len(xyz):
             lo, hi = np.minimum(lo, xyz.min(0)), np.maximum(hi, xyz.max(0))
-            total += len(xyz)
-    if total == 0:
+            finite += len(xyz)
+    if finite == 0:
         raise InputError(src_name, "contains no points")
     ext = np.maximum(hi[:2] - lo[:2], 1e-6)
     cell = max(float(ext.max()) / HIST_CELLS, 0.25)
     nx, ny = (int(np.ceil(e / cell)) + 1 for e in ext)
     xe, ye = lo[0] + cell * np.arange(nx + 1), lo[1] + cell * np.arange(ny + 1)
     counts = np.zeros((nx, ny), np.int64)
-    step = max(1, total // KIND_SAMPLE)
+    step = max(1, finite // KIND_SAMPLE)
     sample, fields, has_rgb = [], None, False
     for xyz, rgb, f in tqdm(iter_chunks(source), desc="planning tiles", unit="chunk", disable=not progress):
+        xyz = xyz[np.isfinite(xyz).all(1)]
         i = np.minimum(((xyz[:, 0] - lo[0]) / cell).astype(np.int64), nx - 1)
         j = np.minimum(((xyz[:, 1] - lo[1]) / cell).astype(np.int64), ny - 1)
         counts += np.bincount(i * ny + j, minlength=nx * ny).reshape(nx, ny)
@@ -242,6 +249,12 @@ def split(source, out, *, budget: int, halo: float, views_cfg=None, progress: bo
     for xyz, rgb, f in tqdm(iter_chunks(source), desc="writing tiles", unit="chunk", disable=not progress):
         ids = np.arange(base, base + len(xyz), dtype=np.int64)
         base += len(xyz)
+        ok = np.isfinite(xyz).all(1)
+        if not ok.all():
+            xyz, ids, f = xyz[ok], ids[ok], {k: v[ok] for k, v in f.items()}
+            rgb = None if rgb is None else rgb[ok]
+        if not len(xyz):
+            continue
         cmin, cmax = xyz[:, :2].min(0), xyz[:, :2].max(0)
         for t in tiles:
             h = t.halo
@@ -319,6 +332,7 @@ class OracleSpec:
     noise: float = 0.0
     seed: int = 0
     divide: int = 1
+    labelset: str | None = None       # score through this LabelSet (its prompts, ids) rather than the names
 
     def labels(self, cloud: PointCloud) -> np.ndarray:
         from .oracle import load_gt
@@ -340,6 +354,7 @@ class TileJob:
     oracle: OracleSpec | None = None
     gt: OracleSpec | None = None          # score each tile against this GT field (no oracle needed)
     view_progress: bool = False
+    n_tiles: int = 1
 
 
 @dataclass
@@ -385,6 +400,10 @@ def run_tile(job: TileJob, state: _TileState, tile: Tile) -> dict:
                        encoder=fc.encoder, class_names=fc.class_names, meta={**fc.meta, "tile": tile.name})
     del fc
     fcc.save(tdir / "fused.npz")
+    if cfg.output.compress:  # rows the run's one feature basis is fitted on (compress_tiles)
+        from .fusion import sample_rows
+        with atomic_write(tdir / "sample.npy") as tmp:
+            np.save(tmp, sample_rows(fcc.features, max(1000, COMPRESS_SAMPLE // max(job.n_tiles, 1))).astype(np.float16))
     labels_info = {}
     if cfg.output.labels:   # `fuse` stops at the features
         voc = vocabulary(cfg.output.labels)
@@ -397,8 +416,15 @@ def run_tile(job: TileJob, state: _TileState, tile: Tile) -> dict:
     gt = job.gt or job.oracle
     if gt is not None:
         from .query import QueryEngine
-        pred = QueryEngine(fcc, text_encoder=text).labels(list(gt.class_names)).labels
-        res = evaluate(pred, gt.labels(fcc.cloud), list(gt.class_names))
+        if gt.labelset:
+            from .labels import load_labelset
+            ls = load_labelset(gt.labelset)
+            pos = np.asarray(QueryEngine(fcc, text_encoder=text).labels(ls).labels).astype(np.int64)
+            pred, classes = np.where(pos >= 0, ls.ids[np.maximum(pos, 0)], -1), ls
+        else:
+            pred = QueryEngine(fcc, text_encoder=text).labels(list(gt.class_names)).labels
+            classes = list(gt.class_names)
+        res = evaluate(pred, gt.labels(fcc.cloud), classes)
         r.update(confusion=res.confusion.tolist(), class_ids=res.class_ids.tolist(),
                  unpredicted=res.unpredicted.tolist(), num_ignored=res.num_ignored, miou=res.miou)
     r["label_files"] = labels_info.get("files", [])
@@ -434,12 +460,13 @@ def run_tiled(source, out, cfg: RunConfig | None = None, *, budget: int | None =
     enc_parts = cfg.cache_parts(view_encoder) if oracle is None else {**cfg.cache_parts(), "encoder": oracle.__dict__}
     from .bench import _file_stamp
     key = digest(index.stamp, index.budget, index.halo, enc_parts, cfg.output.labels, _file_stamp(cfg.output.distilled),
+                 cfg.output.compress,
                  None if gt is None else gt.__dict__, length=16)
     done = {t.name: r for t in index.tiles if (r := _finished(out / "tiles" / t.name / "result.json", key))}
     todo = [t for t in index.tiles if t.name not in done]
     workers = sc.workers or 1
     job = TileJob(str(out), cfg, index.kind, key, oracle, gt,
-                  view_progress=cfg.output.progress and sc.executor == "local" and workers == 1)
+                  view_progress=cfg.output.progress and sc.executor == "local" and workers == 1, n_tiles=len(index.tiles))
     failed = {}
     if todo:
         with get_executor(sc.executor, **sc.executor_kw()) as ex:
@@ -450,6 +477,8 @@ def run_tiled(source, out, cfg: RunConfig | None = None, *, budget: int | None =
                 else:
                     failed[o.item.name] = {"error": o.error, "attempts": o.attempts}
     results = [done[t.name] for t in index.tiles if t.name in done]
+    if cfg.output.compress and results:
+        compress_tiles(out, [t for t in index.tiles if t.name in done], cfg.output.compress)
     t = time.perf_counter()
     merged = merge_labels(out, [t for t in index.tiles if t.name in done], cfg.output.formats) \
         if cfg.output.labels else []
@@ -475,12 +504,37 @@ def run_tiled(source, out, cfg: RunConfig | None = None, *, budget: int | None =
             total = er if total is None else total + er
         j = total.to_json()
         summary.update(miou=j["miou"], macc=j["macc"], oacc=j["oacc"], eval_coverage=j["coverage"],
-                       per_class=j["per_class"])
+                       per_class=j["per_class"], confusion=total.confusion.tolist(),
+                       class_ids=total.class_ids.tolist(), unpredicted=total.unpredicted.tolist(),
+                       num_ignored=int(total.num_ignored))
     summary["peak_rss_mb_max"] = max((r.get("peak_rss_mb") or 0 for r in results), default=None)
     summary["seconds"] = round(time.perf_counter() - t0, 3)
     summary["config"] = cfg.to_dict()
     write_json(out / "summary.json", summary)
     return summary
+
+
+def compress_tiles(out, tiles: list[Tile], k: int) -> np.ndarray:
+    """One basis for every tile (fitted on rows sampled from each), each tile's fused.npz
+    rewritten in it; ``OUT/basis.npy`` keeps it. Tiles already in this basis are left alone.
+    Labels written per tile were made from the full features, before compression."""
+    from .fusion import compress, fit_basis
+    out = Path(out)
+    samples = [np.load(out / "tiles" / t.name / "sample.npy") for t in tiles
+               if (out / "tiles" / t.name / "sample.npy").is_file()]
+    bpath = out / "basis.npy"
+    basis = np.load(bpath) if bpath.is_file() else None   # a resumed run keeps its basis
+    if basis is None or basis.shape[1] != min(k, basis.shape[0]):
+        basis = fit_basis(np.concatenate(samples), k)
+        with atomic_write(bpath) as tmp:
+            np.save(tmp, basis)
+    for t in tiles:
+        p = out / "tiles" / t.name / "fused.npz"
+        fc = FeatureCloud.load(p)
+        if fc.basis is None:
+            compress(fc, basis).save(p)
+        (out / "tiles" / t.name / "sample.npy").unlink(missing_ok=True)
+    return basis
 
 
 def _finished(path: Path, key: str) -> dict | None:
@@ -641,7 +695,7 @@ class TiledResult:
             if voxel is not None:
                 keep = _voxel_pick(fc.cloud.world_xyz, voxel)
                 fc = FeatureCloud(fc.cloud.select(keep), fc.features[keep], fc.weight[keep], fc.view_count[keep],
-                                  encoder=fc.encoder, class_names=fc.class_names, meta=fc.meta)
+                                  encoder=fc.encoder, class_names=fc.class_names, meta=fc.meta, basis=fc.basis)
             parts.append(fc)
         if not parts:
             raise InputError(self.out / INDEX, "no tile has finished yet")
@@ -654,7 +708,7 @@ class TiledResult:
         return FeatureCloud(cloud, np.concatenate([p.features for p in parts]),
                             np.concatenate([p.weight for p in parts]), np.concatenate([p.view_count for p in parts]),
                             encoder=parts[0].encoder, class_names=parts[0].class_names,
-                            meta={"lod_of": self.index.points, "voxel": voxel})
+                            meta={"lod_of": self.index.points, "voxel": voxel}, basis=parts[0].basis)
 
 
 def _voxel_pick(xyz: np.ndarray, voxel: float) -> np.ndarray:

@@ -33,7 +33,20 @@ def test_bench_oracle_script_on_an_organised_kinect_frame(shared_data):
     out = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=600).stdout)
     assert out["miou"] >= 0.95 and out["coverage"] >= 0.99
     assert out["views"] == 10  # the frame itself and its 3 x 3 overlapping 2x crops
-    assert {"miou", "coverage", "seconds"} <= set(out)
+    assert {"miou", "coverage", "seconds", "small_class_miou"} <= set(out)
+
+
+def test_bench_oracle_seeds_and_small_classes(shared_data):
+    """--seeds runs several noise seeds on the same views; small_class_miou covers classes < 200 points."""
+    cmd = [sys.executable, str(SCRIPT), str(shared_data / "las" / "sample_c.las"), "--gt", "classification",
+           "--classes", "asprs", "--noise", "0.3", "--seeds", "0,1,2", "--json"]
+    out = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=900).stdout)
+    per = [v["miou"] for v in out["seeds"].values()]
+    assert sorted(out["seeds"]) == ["0", "1", "2"] and len(set(per)) > 1      # the noise differs per seed
+    assert abs(out["miou_mean"] - sum(per) / 3) < 1e-9 and out["miou_min"] == min(per)
+    assert out["seeds"]["0"]["miou"] == out["miou"]
+    small = [n for n, v in out["per_class"].items() if 0 < v["support"] < 200]
+    assert small and out["small_class_miou"] is not None       # wire, road, bushes: 2-93 points
 
 
 def test_fusion_outvotes_region_noise_on_a_single_kinect_frame(shared_data):

@@ -198,3 +198,68 @@ def test_cli_run_tiles(city, tmp_path):
                        capture_output=True, text=True, timeout=600, env=env)
     assert q.returncode == 0, q.stderr[-2000:]
     assert (tmp_path / "q" / "labels.ply").is_file()
+
+
+def test_bench_tiles_a_big_scene(shared_data, tmp_path):
+    """`pc-ovseg bench sensaturban` on a block bigger than a tile runs it tile by tile, scored as one."""
+    from dataset_fixtures_other import write_sensaturban
+    from pc_ovseg.bench import run_bench
+    from pc_ovseg.config import BenchConfig
+    write_sensaturban(tmp_path / "su", shared_data)
+    cfg = RunConfig()
+    cfg.output.progress = False
+    whole = run_bench("sensaturban", tmp_path / "su", tmp_path / "w", cfg, BenchConfig(oracle=True, split="train"))
+    cfg.scale.tiles = 5000
+    tiled = run_bench("sensaturban", tmp_path / "su", tmp_path / "t", cfg, BenchConfig(oracle=True, split="train"))
+    assert tiled["scenes_done"] == whole["scenes_done"] >= 1 and not tiled["failed"], tiled["failed"]
+    big = [n for n, r in tiled["scene_results"].items() if r["points"] > 5000]
+    assert big and (tmp_path / "t" / big[0] / "tiles.json").is_file()
+    # smaller tiles get finer views (docs/scale.md): never worse than the whole scene
+    assert tiled["coverage"] >= 0.97 and tiled["miou"] >= whole["miou"] - 0.01, (tiled["miou"], whole["miou"])
+
+
+def test_viewer_opens_a_tiled_run(tiled):
+    from pc_ovseg.viewer import ViewerScene
+    out, _ = tiled
+    scene = ViewerScene.from_path(out, max_display_points=20_000)
+    assert 5_000 < len(scene.cloud) <= 30_000 and scene.features is not None
+
+
+def test_compressed_features(city, tiled, tmp_path):
+    """--compress K: one basis over all tiles; queries project text into it and keep their answers."""
+    out, s = tiled
+    cfg = _cfg()
+    cfg.output.compress = 6
+    r = run_tiled(city["path"], tmp_path / "c", cfg, budget=BUDGET, oracle=_oracle())
+    res = TiledResult(tmp_path / "c")
+    fcs = [fc for _, fc in res._fused()]
+    assert all(fc.features.shape[1] == 6 and fc.basis.shape == (len(NAMES), 6) for fc in fcs)
+    assert all(np.array_equal(fcs[0].basis, fc.basis) for fc in fcs)       # one basis for the run
+    full, _ = TiledResult(out).labels(NAMES)
+    small, _ = res.labels(NAMES)
+    assert (full == small).mean() >= 0.995 and r["oacc"] == s["oacc"]
+    assert not list((tmp_path / "c" / "tiles").glob("*/sample.npy"))
+
+
+def test_compress_a_whole_run(tmp_path, shared_data):
+    from pc_ovseg.data import FeatureCloud
+    from pc_ovseg.fusion import compress, fit_basis, sample_rows
+    from pc_ovseg.query import QueryEngine
+    rng = np.random.default_rng(0)
+    n, d = 5000, 64
+    lab = rng.integers(0, 5, n)
+    cent = rng.normal(size=(5, d))
+    f = cent[lab] + 0.05 * rng.normal(size=(n, d))
+    f /= np.linalg.norm(f, axis=1, keepdims=True)
+    f[:100] = 0                                              # unseen rows stay unseen
+    from pc_ovseg.data import PointCloud
+    fc = FeatureCloud(PointCloud(rng.normal(size=(n, 3))), f.astype(np.float16),
+                      (np.abs(f).sum(1) > 0).astype(np.float32), np.ones(n, np.uint16),
+                      class_names=[f"c{i}" for i in range(d)])
+    small = compress(fc, fit_basis(sample_rows(fc.features, 2000), 8))
+    small.save(tmp_path / "s.npz")
+    back = FeatureCloud.load(tmp_path / "s.npz")
+    assert back.features.shape == (n, 8) and back.text_dim == d and (back.features[:100] == 0).all()
+    a = QueryEngine(fc).heatmap("c3")
+    b = QueryEngine(back).heatmap("c3")
+    assert np.corrcoef(a, b)[0, 1] > 0.98

@@ -93,6 +93,9 @@ class _Scenes:
                              f"features have {fc.features.shape[1]} dimensions, the first file has {self.dim}")
         if not fc.seen.any():
             raise InputError(None if isinstance(it, FeatureCloud) else it, "no point has a fused feature (all weights 0)")
+        if fc.basis is not None:
+            raise InputError(None if isinstance(it, FeatureCloud) else it,
+                             "features are compressed (--compress); distil from a run without it")
         return fc
 
 

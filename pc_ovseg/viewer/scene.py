@@ -57,8 +57,13 @@ class ViewerScene:
         """A FeatureCloud .npz (fused or distilled) or any cloud ``pc_ovseg.io.read_cloud`` reads;
         an export of ``pc-ovseg run`` shows its prediction in the classes it declares."""
         from ..data import is_feature_file
+        from ..tiles import INDEX, TiledResult
+        if os.path.isdir(str(path)) and os.path.isfile(os.path.join(str(path), INDEX)):
+            path = os.path.join(str(path), INDEX)
         p = check_input_path(path)
         kw.setdefault("title", os.path.basename(p))
+        if p.endswith(INDEX):  # a tiled run: a voxel level of detail of every tile, at the display budget
+            return cls.from_feature_cloud(TiledResult(p).lod(kw.get("max_display_points") or 1_000_000), **kw)
         if p.lower().endswith(".npz") and is_feature_file(p):
             return cls.from_feature_cloud(FeatureCloud.load(p), **kw)
         from ..export import labelset_from_header, read_result_header
