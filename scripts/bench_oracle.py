@@ -29,6 +29,8 @@ def main(argv=None) -> int:
     ap.add_argument("--max-views", type=int, default=None)
     ap.add_argument("--layout", help="raw .bin/.npy layout, e.g. xyzrgb")
     ap.add_argument("--gt-divide", type=int, default=1, help="use label // K (mOSD: 10 merges object parts)")
+    ap.add_argument("--remap-gt", action="store_true",
+                    help="the GT holds the label set's raw ids (ScanNet NYU40, SemanticKITTI raw): map them first")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--seeds", help="several noise seeds in one call (views made once), e.g. 0,1,2: "
                                     "reports each, their mean and min")
@@ -59,7 +61,13 @@ def main(argv=None) -> int:
     t0 = time.time()
     try:
         cloud = io.read_cloud(args.input, layout=args.layout)
-        names = list(parse_classes(args.classes).class_names)
+        ls = parse_classes(args.classes)
+        names = list(ls.class_names)
+        if args.remap_gt:  # raw dataset ids -> the label set's ids, as `pc-ovseg eval --remap-gt`
+            from pc_ovseg.labels import remap_labels
+            raw = load_gt(cloud, args.gt, [str(i) for i in range(1 << 16)], divide=args.gt_divide)
+            cloud = cloud.with_fields(**{"gt_remapped": remap_labels(raw, ls)})
+            args.gt, args.gt_divide = "gt_remapped", 1
         gt_eval = load_gt(cloud, args.gt, names, divide=args.gt_divide)
         valid = gt_eval >= 0
         frames = io.read_frames(args.frames) if args.frames else None
