@@ -392,6 +392,10 @@ def _eval_args(p):
     p.add_argument("--json", action="store_true", help="print one JSON object (miou, macc, coverage, per_class, ...)")
     p.add_argument("--chart", metavar="PNG", help="write a per-class IoU bar chart")
     p.add_argument("--all", action="store_true", help="list classes absent from GT and predictions too")
+    p.add_argument("--instances", action="store_true",
+                   help="instance AP / AP50 / AP25 as ScanNet's evaluate_semantic_instance.py: PRED and GT are "
+                        "that benchmark's <scene>.txt files (comma-separate several scenes), --classes the label set")
+    p.add_argument("--class-agnostic", action="store_true", help="with --instances: every mask as one class")
 
 
 @command("eval", "score per-point predictions against ground truth: mIoU, mAcc, coverage, confusion")
@@ -399,6 +403,23 @@ def _eval_args(p):
 def cmd_eval(args) -> int:
     from . import eval as ev
     from .errors import InputError
+    if args.instances:
+        from .eval_instances import evaluate_instance_files
+        preds, gts = args.pred.split(","), args.gt.split(",")
+        if len(preds) != len(gts):
+            raise InputError(None, f"--instances: {len(preds)} prediction files for {len(gts)} GT files")
+        if not args.classes:
+            raise InputError(None, "--instances needs --classes (the label set, e.g. scannet20 or scannet200)")
+        res = evaluate_instance_files(preds, gts, args.classes, class_agnostic=args.class_agnostic)
+        j = res.to_json()
+        if args.json:
+            print_json(j)
+        else:
+            pct = lambda v: "-" if v is None else f"{100 * v:.1f}"  # noqa: E731
+            print(f"AP {pct(j['ap'])}  AP50 {pct(j['ap50'])}  AP25 {pct(j['ap25'])}  ({len(gts)} scenes)")
+            for n, v in j["per_class"].items():
+                print(f"  {n:<24} AP {pct(v['ap']):>5}  AP50 {pct(v['ap50']):>5}  AP25 {pct(v['ap25']):>5}")
+        return 0
     try:
         ignore = [int(t) for t in args.ignore.replace(" ", "").split(",") if t]
     except ValueError:
