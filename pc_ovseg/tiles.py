@@ -138,12 +138,16 @@ def _source_stamp(source) -> list:
 
 def iter_chunks(source, chunk: int = CHUNK):
     """(world xyz float64, rgb uint8 | None, fields) per chunk: LAS/LAZ streamed with laspy's
-    chunk iterator; any other input read whole by pc_ovseg.io and sliced."""
+    chunk iterator, binary PLY memory-mapped; any other input read whole by pc_ovseg.io and sliced."""
     if isinstance(source, PointCloud):
         cloud = source
     elif str(source).lower().endswith((".las", ".laz")):
         from .io.las import iter_las
         yield from iter_las(source, chunk)
+        return
+    elif str(source).lower().endswith(".ply"):
+        from .io.ply import iter_ply
+        yield from iter_ply(source, chunk)
         return
     else:
         from . import io

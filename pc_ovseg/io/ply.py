@@ -454,3 +454,50 @@ def write_ply(path, cloud: PointCloud | Mesh, *, labels=None, scores=None, color
         f.write(arr.tobytes())
         if faces is not None:
             f.write(faces.tobytes())
+
+
+def iter_ply(path: str, chunk: int = 2_000_000):
+    """(world xyz float64, rgb | None, fields) per ``chunk`` vertices of a binary PLY whose vertex
+    element comes first with scalar properties only (SensatUrban tiles, scanners' exports),
+    memory-mapped so no more than a chunk is read at once; any other PLY is read whole and sliced
+    (pc_ovseg.tiles splits clouds with it)."""
+    path = check_file(os.fspath(path))
+    with open(path, "rb") as f:
+        head = f.read(1 << 16)
+    fmt, elements, comments, pos = _parse_header(path, head)
+    v = elements[0] if elements else None
+    if fmt == "ascii" or v is None or v.name != "vertex" or any(c is not None for _, _, c in v.props):
+        cloud = read_ply(path)
+        cloud = cloud.to_point_cloud() if isinstance(cloud, Mesh) else cloud
+        for a in range(0, len(cloud), chunk):
+            sl = slice(a, a + chunk)
+            yield (cloud.xyz[sl].astype(np.float64) + cloud.origin, None if cloud.rgb is None else cloud.rgb[sl],
+                   {k: val[sl] for k, val in cloud.fields.items()})
+        return
+    bo = "<" if fmt == "binary_little_endian" else ">"
+    dt = np.dtype([(n, bo + t) for n, t, _ in v.props])
+    names = [n for n, _, _ in v.props]
+    if not {"x", "y", "z"} <= set(names):
+        raise InputError(path, "PLY vertex element lacks x, y, z properties")
+    if pos + v.count * dt.itemsize > os.path.getsize(path):
+        raise InputError(path, f"PLY is truncated: {v.count:,} vertices of {dt.itemsize} bytes do not fit")
+    origin = np.zeros(3)
+    for c in comments:
+        k, _, val = c.partition(" ")
+        if k == "origin" and dt["x"].kind == "f" and dt["x"].itemsize == 4:
+            try:
+                origin = np.asarray(json.loads(val), np.float64).reshape(3)
+            except ValueError:
+                pass
+    trio = next((t for t in _RGB_NAMES if set(t) <= set(names)), None)
+    rest = [n for n in names if n not in {"x", "y", "z", *(trio or ())}]
+    mm = np.memmap(path, dtype=dt, mode="r", offset=pos, shape=(v.count,))
+    for a in range(0, v.count, chunk):
+        block = mm[a:a + chunk]
+        xyz = np.stack([np.asarray(block[c], np.float64) for c in "xyz"], 1) + origin
+        rgb = None if trio is None else np.stack([np.asarray(block[c]) for c in trio], 1)
+        if rgb is not None and rgb.dtype != np.uint8:
+            rgb = (np.clip(rgb, 0, 1) * 255).astype(np.uint8) if rgb.dtype.kind == "f" else \
+                ((rgb >> 8) if rgb.max(initial=0) > 255 else rgb).astype(np.uint8)
+        yield xyz, rgb, {n: np.ascontiguousarray(block[n]) for n in rest}
+    del mm
