@@ -484,8 +484,8 @@ def run_tiled(source, out, cfg: RunConfig | None = None, *, budget: int | None =
     if cfg.output.compress and results:
         compress_tiles(out, [t for t in index.tiles if t.name in done], cfg.output.compress)
     t = time.perf_counter()
-    merged = merge_labels(out, [t for t in index.tiles if t.name in done], cfg.output.formats) \
-        if cfg.output.labels else []
+    merged = merge_labels(out, [t for t in index.tiles if t.name in done], cfg.output.formats,
+                          laz=str(index.source).lower().endswith(".laz")) if cfg.output.labels else []
     t_merge = time.perf_counter() - t
     core = sum(r["core_points"] for r in results)
     cov = sum(r["coverage"] * r["core_points"] for r in results) / max(core, 1)
@@ -551,10 +551,11 @@ def _finished(path: Path, key: str) -> dict | None:
 
 # --- merged exports ---------------------------------------------------------------------------------
 
-def merge_labels(out, tiles: list[Tile], formats) -> list[str]:
+def merge_labels(out, tiles: list[Tile], formats, *, laz: bool = False) -> list[str]:
     """The tiles' label files joined into ``OUT/labels.<fmt>`` without holding more than one
     tile: binary PLY bodies are concatenated under one header; LAS points are re-quantised to
-    one header and appended chunk by chunk."""
+    one header and appended chunk by chunk (compressed as ``labels.laz`` when ``laz``: a LAZ
+    input gets a LAZ result)."""
     out = Path(out)
     written = []
     parts = lambda ext: [out / "tiles" / t.name / f"labels.{ext}" for t in tiles]  # noqa: E731
@@ -563,8 +564,9 @@ def merge_labels(out, tiles: list[Tile], formats) -> list[str]:
         written.append(str(out / "labels.ply"))
     for ext in ("las", "laz"):
         if ext in formats and tiles and all(p.is_file() for p in parts(ext)):
-            merge_las(parts(ext), out / f"labels.{ext}")
-            written.append(str(out / f"labels.{ext}"))
+            dest = out / f"labels.{'laz' if laz else ext}"
+            merge_las(parts(ext), dest)
+            written.append(str(dest))
     return written
 
 

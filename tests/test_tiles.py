@@ -286,3 +286,15 @@ def test_ply_is_streamed_too(city, tmp_path, monkeypatch):
     assert len(a.tiles) == len(b.tiles) and b.points == a.points
     assert sum(t.core_points for t in b.tiles) == a.points
     assert all(abs(x.core_points - y.core_points) <= 10 for x, y in zip(a.tiles, b.tiles))
+
+
+def test_a_laz_input_gets_a_laz_result(shared_data, tmp_path):
+    import laspy
+    city = write_city(tmp_path / "block.laz", shared_data, 40_000)
+    s = run_tiled(city["path"], tmp_path / "o", _cfg(), budget=15_000, oracle=_oracle())
+    assert s["tiles_done"] == s["tiles"] >= 2
+    assert sorted(Path(p).name for p in s["merged"]) == ["labels.laz", "labels.ply"]
+    with laspy.open(tmp_path / "o" / "labels.laz") as f:
+        assert f.header.point_count == city["points"] and f.header.are_points_compressed
+        pts = f.read()
+    assert "label" in pts.point_format.dimension_names and "score" in pts.point_format.dimension_names
