@@ -28,7 +28,8 @@ import numpy as np
 
 from .config import BenchConfig, RunConfig
 from .errors import InputError
-from .store import digest, write_json, write_text
+from .executors import peak_memory_mb, reset_peak_memory
+from .store import digest, file_stamp, finished, write_json, write_text
 
 _PKG = Path(__file__).resolve().parent
 PUBLISHED = next((p for p in (_PKG.parent / "data" / "benchmarks" / "published.json",
@@ -90,7 +91,7 @@ def bench_scene(job: BenchJob, state: _State, name: str) -> dict:
     from .query import QueryEngine
 
     t0 = time.perf_counter()
-    _reset_peak_memory()
+    reset_peak_memory()
     cfg, b = job.run, job.bench
     sdir = Path(job.out) / _safe(name)
     gt = state.ds.load(name)
@@ -130,7 +131,7 @@ def bench_scene(job: BenchJob, state: _State, name: str) -> dict:
            "coverage": round(res.coverage, 6), "miou": _num(res.miou), "macc": _num(res.macc),
            "class_ids": res.class_ids.tolist(), "confusion": res.confusion.tolist(),
            "unpredicted": res.unpredicted.tolist(), "num_ignored": res.num_ignored,
-           "seconds": round(time.perf_counter() - t0, 3), "peak_rss_mb": _peak_memory_mb(),
+           "seconds": round(time.perf_counter() - t0, 3), "peak_rss_mb": peak_memory_mb(),
            "frames": len(gt.frames) if gt.frames is not None else 0, "worker_pid": os.getpid()}
     write_json(sdir / "result.json", out)
     return out
@@ -242,8 +243,8 @@ def run_bench(dataset: str, root, out, cfg: RunConfig | None = None, bench: Benc
     outp.mkdir(parents=True, exist_ok=True)
     sc = cfg.scale
     key = digest(dataset, os.path.abspath(ds.root), ls.name, bench.result_parts(), cfg.cache_parts(),
-                 _file_stamp(cfg.output.distilled), [sc.tiles, sc.tile_points, sc.tile_halo], length=16)
-    done = {n: r for n in names if (r := _finished(outp / _safe(n) / "result.json", key)) is not None}
+                 file_stamp(cfg.output.distilled), [sc.tiles, sc.tile_points, sc.tile_halo], length=16)
+    done = {n: r for n in names if (r := finished(outp / _safe(n) / "result.json", key)) is not None}
     todo = [n for n in names if n not in done]
     workers = sc.workers or 1
     job = BenchJob(dataset, ds.root, str(outp), cfg, bench, ls.name, key,
@@ -258,12 +259,7 @@ def run_bench(dataset: str, root, out, cfg: RunConfig | None = None, bench: Benc
                 else:
                     failed[o.item] = {"error": o.error, "attempts": o.attempts}
     ordered = [done[n] for n in names if n in done]
-    total = None
-    for r in ordered:
-        er = EvalResult([ls.class_names[i] for i in r["class_ids"]], np.asarray(r["class_ids"]),
-                        np.asarray(r["confusion"], np.int64), np.asarray(r["unpredicted"], np.int64),
-                        int(r["num_ignored"]))
-        total = er if total is None else total + er
+    total = EvalResult.sum_records(ordered, ls.class_names)
     summary = {"dataset": dataset, "root": ds.root, "split": bench.split, "labelset": ls.name,
                "source": "oracle" if bench.oracle else (bench.features or cfg.encoder.clip_model),
                "distilled": cfg.output.distilled, "scenes": len(names), "scenes_done": len(ordered),
@@ -292,53 +288,12 @@ def run_bench(dataset: str, root, out, cfg: RunConfig | None = None, bench: Benc
     return summary
 
 
-def _finished(path: Path, key: str) -> dict | None:
-    try:
-        r = json.loads(path.read_text())
-        return r if r.get("key") == key and "confusion" in r else None
-    except (OSError, ValueError):
-        return None
-
-
-def _file_stamp(path) -> list:
-    if not path or not os.path.exists(path):
-        return []
-    st = os.stat(path)
-    return [os.path.abspath(path), st.st_size, st.st_mtime_ns]
-
-
 def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in str(name))
 
 
 def _num(x) -> float | None:
     return None if x is None or not np.isfinite(x) else round(float(x), 6)
-
-
-# --- memory ---------------------------------------------------------------------------------------
-
-def _reset_peak_memory() -> None:
-    """Reset this process's peak RSS (Linux ``clear_refs`` 5), so each scene reports its own."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass
-
-
-def _peak_memory_mb() -> float | None:
-    try:
-        with open("/proc/self/status") as f:
-            for ln in f:
-                if ln.startswith("VmHWM:"):
-                    return round(int(ln.split()[1]) / 1024, 1)
-    except OSError:
-        pass
-    try:
-        import resource
-        return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-    except (ImportError, OSError):
-        return None
 
 
 # --- report ---------------------------------------------------------------------------------------

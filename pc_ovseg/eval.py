@@ -52,6 +52,23 @@ class EvalResult:
             self.acc = np.where(self.support > 0, self.tp / np.maximum(self.support, 1), np.nan)
         self.present = self.support > 0
 
+    @classmethod
+    def from_record(cls, r: dict, class_names) -> "EvalResult":
+        """The result a unit's record holds (``class_ids``, ``confusion``, ``unpredicted``,
+        ``num_ignored``, as bench and tiles write them); ``class_names`` indexed by id."""
+        ids = np.asarray(r["class_ids"])
+        return cls([class_names[i] for i in ids], ids, np.asarray(r["confusion"], np.int64),
+                   np.asarray(r["unpredicted"], np.int64), int(r["num_ignored"]))
+
+    @classmethod
+    def sum_records(cls, records, class_names) -> "EvalResult | None":
+        """One result over many units' records (a split's scenes, a cloud's tiles), None for none."""
+        total = None
+        for r in records:
+            er = cls.from_record(r, class_names)
+            total = er if total is None else total + er
+        return total
+
     def __add__(self, other: "EvalResult") -> "EvalResult":
         """Scores over two clouds together (a split = the sum of its scenes' confusion matrices)."""
         if list(self.class_ids) != list(other.class_ids):

@@ -272,3 +272,30 @@ def get_executor(name: str = "local", **kw) -> Executor:
     if name not in EXECUTORS:
         raise InputError(None, f"unknown executor {name!r} (known: {', '.join(EXECUTORS.names())})")
     return EXECUTORS[name](**kw)
+
+
+# --- per-unit peak memory ---------------------------------------------------------------------------
+
+def reset_peak_memory() -> None:
+    """Reset this process's peak RSS (Linux ``clear_refs`` 5), so each unit of work (a scene, a
+    tile) run by a long-lived worker reports its own peak."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def peak_memory_mb() -> float | None:
+    try:
+        with open("/proc/self/status") as f:
+            for ln in f:
+                if ln.startswith("VmHWM:"):
+                    return round(int(ln.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    try:
+        import resource
+        return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    except (ImportError, OSError):
+        return None

@@ -35,6 +35,25 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
             tmp.unlink()
 
 
+def file_stamp(path) -> list:
+    """[absolute path, size, mtime] of a file ([] when there is none): the part of a result key
+    that says a checkpoint or an input file changed, without reading it."""
+    if not path or not os.path.exists(path):
+        return []
+    st = os.stat(path)
+    return [os.path.abspath(path), st.st_size, st.st_mtime_ns]
+
+
+def finished(path: str | os.PathLike, key: str) -> dict | None:
+    """A unit of work's result record (a scene's or a tile's ``result.json``) when it holds
+    ``key``, else None (missing, torn, or made with other settings): what resuming skips."""
+    try:
+        r = json.loads(Path(path).read_text())
+        return r if isinstance(r, dict) and r.get("key") == key else None
+    except (OSError, ValueError):
+        return None
+
+
 def write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_write(path) as tmp:
         tmp.write_text(text)

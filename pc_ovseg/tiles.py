@@ -34,7 +34,7 @@ import numpy as np
 from .config import RunConfig
 from .data import FeatureCloud, PointCloud
 from .errors import InputError
-from .store import atomic_write, digest, write_json
+from .store import atomic_write, digest, file_stamp, finished, write_json
 
 INDEX = "tiles.json"
 CHUNK = 2_000_000          # points per chunk read from a LAS/LAZ file
@@ -130,10 +130,12 @@ def _in_box(xy: np.ndarray, box) -> np.ndarray:
 # --- reading in chunks ------------------------------------------------------------------------------
 
 def _source_stamp(source) -> list:
+    """A file by its stamp; a cloud in memory by its content (points, colour and every field:
+    a bench scene's GT travels as a field, so new GT means a new split)."""
     if isinstance(source, PointCloud):
-        return ["cloud", len(source), digest(source.xyz[:: max(1, len(source) // 100_000)], length=12)]
-    st = os.stat(source)
-    return [os.path.abspath(source), st.st_size, st.st_mtime_ns]
+        return ["cloud", len(source), digest(source.xyz, source.origin, source.rgb,
+                                             *(source.fields[k] for k in sorted(source.fields)), length=16)]
+    return file_stamp(source)
 
 
 def iter_chunks(source, chunk: int = CHUNK):
@@ -383,9 +385,9 @@ def run_tile(job: TileJob, state: _TileState, tile: Tile) -> dict:
     from .export import export_labels
     from .labels import vocabulary
     from .pipeline import fuse_scene, scene_from
-    from .bench import _peak_memory_mb, _reset_peak_memory
+    from .executors import peak_memory_mb, reset_peak_memory
     t0 = time.perf_counter()
-    _reset_peak_memory()
+    reset_peak_memory()
     cfg = job.cfg
     tdir = Path(job.out) / "tiles" / tile.name
     cloud, core = load_tile(job.out, tile)
@@ -416,7 +418,7 @@ def run_tile(job: TileJob, state: _TileState, tile: Tile) -> dict:
     r = {"tile": tile.name, "key": job.key, "points": len(cloud), "core_points": int(len(keep)),
          "views": stats.views, "views_cached": stats.cached, "coverage": round(fcc.coverage, 6),
          "timings": {k: round(v, 3) for k, v in stats.timings.items()},
-         "seconds": round(time.perf_counter() - t0, 3), "peak_rss_mb": _peak_memory_mb(), "worker_pid": os.getpid()}
+         "seconds": round(time.perf_counter() - t0, 3), "peak_rss_mb": peak_memory_mb(), "worker_pid": os.getpid()}
     gt = job.gt or job.oracle
     if gt is not None:
         from .query import QueryEngine
@@ -462,11 +464,10 @@ def run_tiled(source, out, cfg: RunConfig | None = None, *, budget: int | None =
                   progress=cfg.output.progress)
     t_split = time.perf_counter() - t0
     enc_parts = cfg.cache_parts(view_encoder) if oracle is None else {**cfg.cache_parts(), "encoder": oracle.__dict__}
-    from .bench import _file_stamp
-    key = digest(index.stamp, index.budget, index.halo, enc_parts, cfg.output.labels, _file_stamp(cfg.output.distilled),
+    key = digest(index.stamp, index.budget, index.halo, enc_parts, cfg.output.labels, file_stamp(cfg.output.distilled),
                  cfg.output.compress,
                  None if gt is None else gt.__dict__, length=16)
-    done = {t.name: r for t in index.tiles if (r := _finished(out / "tiles" / t.name / "result.json", key))}
+    done = {t.name: r for t in index.tiles if (r := finished(out / "tiles" / t.name / "result.json", key))}
     todo = [t for t in index.tiles if t.name not in done]
     workers = sc.workers or 1
     job = TileJob(str(out), cfg, index.kind, key, oracle, gt,
@@ -499,13 +500,7 @@ def run_tiled(source, out, cfg: RunConfig | None = None, *, budget: int | None =
                "timings": {"split": round(t_split, 3), "tiles": round(sum(r["seconds"] for r in results), 3),
                            "merge": round(t_merge, 3)}}
     if (gt or oracle) is not None and results:
-        names = list((gt or oracle).class_names)
-        total = None
-        for r in results:
-            er = EvalResult([names[i] for i in r["class_ids"]], np.asarray(r["class_ids"]),
-                            np.asarray(r["confusion"], np.int64), np.asarray(r["unpredicted"], np.int64),
-                            int(r["num_ignored"]))
-            total = er if total is None else total + er
+        total = EvalResult.sum_records(results, list((gt or oracle).class_names))
         j = total.to_json()
         summary.update(miou=j["miou"], macc=j["macc"], oacc=j["oacc"], eval_coverage=j["coverage"],
                        per_class=j["per_class"], confusion=total.confusion.tolist(),
@@ -539,14 +534,6 @@ def compress_tiles(out, tiles: list[Tile], k: int) -> np.ndarray:
             compress(fc, basis).save(p)
         (out / "tiles" / t.name / "sample.npy").unlink(missing_ok=True)
     return basis
-
-
-def _finished(path: Path, key: str) -> dict | None:
-    try:
-        r = json.loads(path.read_text())
-        return r if r.get("key") == key else None
-    except (OSError, ValueError):
-        return None
 
 
 # --- merged exports ---------------------------------------------------------------------------------
