@@ -173,3 +173,29 @@ def scatter_add_rows(out: np.ndarray, rows: np.ndarray, src: np.ndarray) -> None
     if not (out.flags.c_contiguous and out.dtype in (np.float32, np.float64)):
         raise ValueError("out must be a C-contiguous float32/float64 array (it is updated in place)")
     _C.scatter_add_rows(out, _f(rows, np.int64), _f(src, out.dtype))
+
+
+# --- mapping: streamed voxel hash (mapping.cpp) -------------------------------------------
+
+def voxel_hash(voxel_size: float):
+    """A sparse voxel hash (``VoxelHash``): ``insert``/``find`` (N,3) float32 points -> slot
+    int64 (-1 = out of range / absent), ``coords()``, ``keep(mask)`` -> old->new slot map."""
+    return _C.VoxelHash(float(voxel_size))
+
+
+def hash_points(table, xyz: np.ndarray, *, insert: bool = True) -> np.ndarray:
+    """Slots of ``xyz`` in ``table`` (inserting new voxels when ``insert``)."""
+    xyz = _f(xyz).reshape(-1, 3)
+    return table.insert(xyz) if insert else table.find(xyz)
+
+
+def map_accumulate(slots: np.ndarray, xyz: np.ndarray, rgb: np.ndarray | None, pos: np.ndarray, col: np.ndarray,
+                   npts: np.ndarray, obs: np.ndarray, last: np.ndarray, frame: int) -> None:
+    """In place: one frame's points into the per-voxel running means and counts (see mapping.cpp).
+
+    ``pos``/``col`` (C, 3) float32, ``npts`` (C,) uint32, ``obs`` (C,) uint16, ``last`` (C,) int32."""
+    for a, dt in ((pos, np.float32), (col, np.float32), (npts, np.uint32), (obs, np.uint16), (last, np.int32)):
+        if a.dtype != dt or not a.flags.c_contiguous:
+            raise ValueError(f"per-voxel arrays must be C-contiguous {np.dtype(dt).name}")
+    rgb = np.zeros((0, 3), np.uint8) if rgb is None else _f(rgb, np.uint8).reshape(-1, 3)
+    _C.map_accumulate(_f(slots, np.int64), _f(xyz).reshape(-1, 3), rgb, pos, col, npts, obs, last, int(frame))

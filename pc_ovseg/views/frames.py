@@ -44,9 +44,7 @@ def select_frames(frames: FrameSequence, *, max_views: int | None = None, stride
         last = frames.cameras[idx[0]].cam_to_world
         for i in idx[1:]:
             pose = frames.cameras[i].cam_to_world
-            move = np.linalg.norm(pose[:3, 3] - last[:3, 3])
-            cos = (np.trace(last[:3, :3].T @ pose[:3, :3]) - 1) / 2
-            turn = np.degrees(np.arccos(np.clip(cos, -1, 1)))
+            move, turn = pose_change(last, pose)
             if move >= min_translation or turn >= min_rotation_deg:
                 kept.append(i)
                 last = pose
@@ -57,6 +55,13 @@ def select_frames(frames: FrameSequence, *, max_views: int | None = None, stride
         pick = np.unique(np.round(np.linspace(0, len(idx) - 1, int(max_views))).astype(int))
         idx = [idx[i] for i in pick]
     return idx
+
+
+def pose_change(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """How far camera pose ``b`` is from ``a`` (4x4 camera-to-world): metres moved, degrees turned."""
+    move = float(np.linalg.norm(b[:3, 3] - a[:3, 3]))
+    cos = (np.trace(a[:3, :3].T @ b[:3, :3]) - 1) / 2
+    return move, float(np.degrees(np.arccos(np.clip(cos, -1, 1))))
 
 
 def backproject(frame: RGBDFrame, *, stride: int = 1, border: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
@@ -78,7 +83,9 @@ def backproject(frame: RGBDFrame, *, stride: int = 1, border: int = 0) -> tuple[
     pc = np.stack([(cols - K[0, 2]) / K[0, 0] * z, (rows - K[1, 2]) / K[1, 1] * z, z], 1)
     xyz = pc @ cam.cam_to_world[:3, :3].T + cam.cam_to_world[:3, 3]
     rgb = None
-    if frame.color is not None:
+    if frame.color is not None and frame.color.shape[:2] == frame.depth.shape[:2] == (cam.height, cam.width):
+        rgb = frame.color[rows, cols]  # depth on the colour grid: each pixel projects onto itself
+    elif frame.color is not None:
         uv, _ = frame.camera.project(xyz)
         H, W = frame.color.shape[:2]
         c = np.clip(np.floor(uv[:, 0] + 0.5).astype(int), 0, W - 1)

@@ -7,6 +7,7 @@ void bind_voxel(nb::module_& m);   // voxel.cpp  (io: downsampling, backbone: vo
 void bind_render(nb::module_& m);  // render.cpp (views: projection, visibility, splatting)
 void bind_fusion(nb::module_& m);  // fusion.cpp (fusion: streaming feature accumulation)
 void bind_sparse(nb::module_& m);  // sparse.cpp (backbone: voxel hashing, kernel maps)
+void bind_mapping(nb::module_& m); // mapping.cpp (mapping: streamed voxel hash)
 }  // namespace pcov
 
 NB_MODULE(_native, m) {
@@ -20,4 +21,5 @@ NB_MODULE(_native, m) {
   pcov::bind_render(m);
   pcov::bind_fusion(m);
   pcov::bind_sparse(m);
+  pcov::bind_mapping(m);
 }
