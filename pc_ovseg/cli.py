@@ -269,6 +269,40 @@ def cmd_fuse(args) -> int:
     return 0
 
 
+# --- map (mapping) -------------------------------------------------------------------------
+def _map_args(p):
+    from .config import EncoderConfig, MappingConfig
+    p.add_argument("input", help="posed RGB-D frames: a folder or manifest the readers know, or a ROS 1 .bag / "
+                                 "ROS 2 bag folder (sqlite3 or MCAP)")
+    p.add_argument("--out", required=True, help="output folder: map.npz (a FeatureCloud: query, view, eval and "
+                                                "distill read it; rewritten as it grows) and summary.json")
+    p.add_argument("--geometry-only", action="store_true", help="no 2D model: positions and colours only")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    config_options(p, "mapping", MappingConfig, title="mapping")
+    config_options(p, "encoder", EncoderConfig, title="2D encoders (run on keyframes)")
+
+
+@command("map", "stream posed RGB-D frames or a ROS bag into a semantic voxel map (OUT/map.npz)")
+@arguments(_map_args)
+def cmd_map(args) -> int:
+    from .config import MappingConfig
+    from .mapping import map_input
+    cfg = run_config(args, ("encoder",))
+    mapping = MappingConfig(**{k.partition(".")[2]: v for k, v in vars(args).items() if k.startswith("mapping.")})
+    summary = map_input(args.input, args.out, mapping, cfg.encoder, progress=not args.no_progress,
+                        geometry_only=args.geometry_only)
+    if args.json:
+        print_json(summary)
+    else:
+        sk = ", ".join(f"{k} {v}" for k, v in summary["skipped"].items() if v)
+        print(f"{summary['frames']} frames ({summary['keyframes']} keyframes encoded{', skipped ' + sk if sk else ''})"
+              f" -> {summary['voxels']:,} voxels, {summary['bytes_per_voxel']:.0f} B/voxel, update "
+              f"{summary['update_ms_median']} ms/frame (median), {summary['seconds']:.1f} s")
+        print(f"  wrote {summary['map']}")
+    return 0
+
+
 def _query_args(p):
     p.add_argument("features", help="a fused or predicted feature file (.npz), or a tiled run's tiles.json")
     g = p.add_mutually_exclusive_group(required=True)

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..data import FrameSequence, Mesh, PointCloud
 from ..errors import InputError
-from . import arrays, las, mesh, pcd, ply, rgbd, sens  # noqa: F401  (registers the readers)
+from . import arrays, las, mesh, pcd, ply, rgbd, rosbag, sens  # noqa: F401  (registers the readers)
 from ._common import FILE_READERS, FOLDER_READERS, Reader, exc_text, extension
 from .arrays import read_labels, write_npz
 from .describe import describe, format_description

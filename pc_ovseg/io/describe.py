@@ -21,6 +21,9 @@ ASPRS = {0: "never classified", 1: "unclassified", 2: "ground", 3: "low vegetati
 def describe(path, layout: str | None = None) -> dict:
     """Counts, fields, bounds, label histogram / organised grid; frames, intrinsics, depth range."""
     from . import read
+    from .rosbag import describe_bag, is_rosbag
+    if is_rosbag(path):
+        return describe_bag(path)
     try:
         obj = read(path, layout=layout)
     except InputError:
@@ -106,6 +109,9 @@ def _describe_frames(seq: FrameSequence) -> dict:
 def format_description(d: dict) -> str:
     """Human-readable lines for ``pc-ovseg info``."""
     lines = [f"{d.get('path')}: {d.get('type', '').replace('_', ' ')}"]
+    if d.get("type") == "rosbag" and "frames" not in d:  # a bag that cannot be mapped: its topics
+        from .rosbag import format_topics
+        return "\n".join(lines + format_topics(d))
     if "frames" in d:
         k = d["intrinsics"]
         lines.append(f"  frames      {d['frames']:,}  ({', '.join(d['fields'])})")
@@ -117,6 +123,9 @@ def format_description(d: dict) -> str:
                          f"{d['depth_size'][0]}x{d['depth_size'][1]}, {d['depth_sampled_frames']} frames sampled)")
         b = d["bounds"]
         lines.append("  cameras     " + _bounds(b))
+        if d.get("type") == "rosbag":
+            from .rosbag import format_topics
+            lines += format_topics(d)
         return "\n".join(lines)
     lines.append(f"  points      {d['points']:,}" + (f"  faces {d['faces']:,}" if "faces" in d else ""))
     if "organized" in d:
