@@ -140,7 +140,9 @@ class ViewsConfig(_Checked):
         return {k: v for k, v in asdict(self).items() if k not in ("cloud", "layout")}
 
 
-MASKS = ("auto", "sam", "sam3d", "superpixels", "none")
+MASKS = ("auto", "sam", "sam3d", "sam2", "sam2_3d", "superpixels", "none")
+# SAM 2 sizes whose prompted view (sam2_3d, 256 prompts) fits a CPU: measured on 2 cores, docs/encoders.md
+SAM2_CPU_SIZES = ("tiny", "small")
 
 
 @dataclass
@@ -154,8 +156,15 @@ class EncoderConfig(_Checked):
     sam_checkpoint: str | None = option(None, "Segment Anything checkpoint (.pth)", metavar="FILE")
     sam_model: str = option("auto", "SAM architecture (default: inferred from the checkpoint)",
                             choices=("auto", "vit_b", "vit_l", "vit_h", "tiny"))
-    masks: str = option("auto", "mask source; auto = sam with a SAM checkpoint on a GPU, else superpixels",
-                        choices=MASKS)
+    sam2_checkpoint: str | None = option(None, "SAM 2 / SAM 2.1 checkpoint (.pt, any size, e.g. "
+                                         "sam2.1_hiera_tiny.pt)", metavar="FILE")
+    sam2_model: str = option("auto", "SAM 2 size (default: inferred from the checkpoint)",
+                             choices=("auto", "tiny", "small", "base_plus", "large"))
+    sam2_image_size: int = option(1024, "SAM 2 input side (px, multiple of 32): 1024 as trained; 512 is ~4x "
+                                  "cheaper and coarser (docs/encoders.md)", check=Num(int, 128, 2048), metavar="PX")
+    masks: str = option("auto", "mask source; auto = sam2_3d (3D-prompted SAM 2) with --sam2-checkpoint on a GPU, "
+                        "or on a CPU for the sizes whose measured cost fits (tiny, small: docs/encoders.md); "
+                        "else sam with --sam-checkpoint on a GPU; else superpixels", choices=MASKS)
     mask_features: str = option("pool", "region feature: mean of dense features in the mask, or multi-scale crops",
                                 choices=("pool", "crops"))
     blend: float = option(0.5, "weight of the region feature vs the dense feature", check=Num(float, 0, 1))
@@ -166,6 +175,9 @@ class EncoderConfig(_Checked):
                                 choices=("slide", "whole"))
     dense_short_side: int | None = option(None, "image short side for dense CLIP (default: the model input, e.g. "
                                           "224; 448 is finer)", check=Num(int, 32, 4096, none=True), metavar="PX")
+    dense_cls_bias: float = option(0.0, "subtract this fraction of the image embedding from every dense feature "
+                                   "(opt-in: untuned, not measured with pretrained weights; 0 = ClearCLIP)",
+                                   check=Num(float, 0, 1))
     clip_precision: str = option("auto", "auto = fp16 on CUDA, fp32 on CPU", choices=("auto", "fp32", "fp16", "bf16"))
     sam_pred_iou_thresh: float = option(0.88, "SAM predicted-IoU threshold", check=Num(float, 0, 1))
     sam_stability_thresh: float = option(0.95, "SAM stability-score threshold", check=Num(float, 0, 1))
@@ -175,12 +187,23 @@ class EncoderConfig(_Checked):
         if self.masks != "auto":
             return self.masks
         from .encoders import resolve_device
-        return "sam" if self.sam_checkpoint and resolve_device(self.device).startswith("cuda") else "superpixels"
+        gpu = resolve_device(self.device).startswith("cuda")
+        if self.sam2_checkpoint and (gpu or self.sam2_size() in SAM2_CPU_SIZES):
+            return "sam2_3d"
+        return "sam" if self.sam_checkpoint and gpu else "superpixels"
+
+    def sam2_size(self) -> str | None:
+        """The SAM 2 checkpoint's size (given, or read from its shapes); None when unreadable."""
+        if self.sam2_model != "auto":
+            return self.sam2_model
+        from .encoders.sam2_masks import checkpoint_size
+        return checkpoint_size(self.sam2_checkpoint)
 
     def build_encoder(self):
         from .encoders import ClipEncoder
         return ClipEncoder(self.clip_model, self.clip_weights, device=self.device, precision=self.clip_precision,
                            attention=self.dense_attention, windows=self.dense_windows,
+                           cls_bias=self.dense_cls_bias,
                            short_side=self.dense_short_side)
 
     def build(self, encoder=None):
@@ -193,6 +216,12 @@ class EncoderConfig(_Checked):
                        "pred_iou_thresh": self.sam_pred_iou_thresh,
                        "stability_score_thresh": self.sam_stability_thresh}
             if masks == "sam":
+                mask_kw["points_per_side"] = self.sam_points_per_side
+        elif masks in ("sam2", "sam2_3d"):
+            mask_kw = {"checkpoint": self.sam2_checkpoint, "model": self.sam2_model, "device": self.device,
+                       "image_size": self.sam2_image_size, "pred_iou_thresh": self.sam_pred_iou_thresh,
+                       "stability_score_thresh": self.sam_stability_thresh}
+            if masks == "sam2":
                 mask_kw["points_per_side"] = self.sam_points_per_side
         return ViewEncoder(encoder or self.build_encoder(), masks=masks, mask_kw=mask_kw,
                            mask_features=self.mask_features, blend=self.blend)
@@ -285,6 +314,9 @@ class MappingConfig(_Checked):
                                         "9 in 10 of it)", check=Num(int, 1000, 10**9))
     snapshot_every: int = option(100, "write the map every N used frames, so a crash loses at most that many "
                                       "(0 = only at the end)", check=Num(int, 0, 10**9))
+    normals: bool = option(False, "weigh keyframe observations by viewing angle too, with normals from the "
+                                  "keyframe's depth (batch runs on RGB-D have no normals, so off fuses as they do)",
+                           flag="")
     pending: int = option(2, "keyframes waiting for the 2D model at most; a live stream drops the oldest past "
                              "it, a recording waits", check=Num(int, 1, 1000))
     topics: str | None = option(None, "ROS bag: the topics to use, comma-separated (default: chosen by type: "

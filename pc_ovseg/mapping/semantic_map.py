@@ -6,11 +6,14 @@ that hit it, and the fused 2D feature (fp16 running weighted mean, as batch fusi
 with its weight and feature-observation count.
 
 * Geometry updates every frame: depth back-projected with the views stage's own rule
-  (``views.frames.backproject``: finite depth > 0, the same image border the views skip).
+  (``views.frames.backproject``: finite depth > 0, the same image border the views skip); a
+  voxel's position and colour are the mean over frames of each frame's mean, as the batch cloud
+  from frames (``views.frames.cloud_from_frames``) averages them.
 * Features fuse on keyframes: the frame's View of the map (``views.frames.frame_view``: the
   same depth test and index map as batch frame views) weighted by ``fusion.view_visibility``
-  (viewing angle from the keyframe's depth normals, distance, depth agreement, border, not
-  drawn), accumulated with the batch accumulator (``native.fuse_accumulate``). With one
+  (distance, depth agreement, border, not drawn; the viewing angle too with
+  ``MappingConfig.normals``, from the keyframe's depth normals: a batch RGB-D cloud has no
+  normals, so by default the map weighs as batch runs do), accumulated with the batch accumulator (``native.fuse_accumulate``). With one
   granularity (frames) batch fusion's sample balancing divides a point's every observation by
   the same total, so the streamed mean is the batch one; the mask check needs every view twice
   and is left to batch ``run``; segment pooling and smoothing run when a map is saved
@@ -275,10 +278,12 @@ class SemanticMap:
             return 0
         sub = PointCloud(xyz[ids])
         view = frame_view(frame, sub, name=frame.name)
-        normals = np.zeros((len(ids), 3), np.float32)
-        if len(view.point_ids):
-            normals[view.point_ids] = _depth_normals(view, sub.xyz[view.point_ids])
-        vis = view_visibility(view, PointCloud(sub.xyz, normals=normals), self.fusion_cfg)
+        if self.cfg.normals:
+            normals = np.zeros((len(ids), 3), np.float32)
+            if len(view.point_ids):
+                normals[view.point_ids] = _depth_normals(view, sub.xyz[view.point_ids])
+            sub = PointCloud(sub.xyz, normals=normals)
+        vis = view_visibility(view, sub, self.fusion_cfg)
         f = feats.sample(vis.pixels)
         w = np.where(np.any(f != 0, axis=1), vis.weights, 0.0).astype(np.float32)
         gids = ids[vis.point_ids]

@@ -167,8 +167,11 @@ class VoxelHash {
   size_t mask_ = 0;
 };
 
-// One frame into the per-voxel state: running mean position and colour over every point a voxel
-// received, points per voxel, and frames per voxel (``last`` holds the last frame that counted).
+// One frame into the per-voxel state. A voxel's position and colour are the mean over the frames
+// that saw it of each frame's mean (as views.frames.cloud_from_frames builds a batch cloud: every
+// frame counts once, however many of its pixels fall in the voxel); ``npts`` counts points,
+// ``obs`` frames, ``last`` holds the last frame that saw the voxel. While the frame is folded in,
+// ``last`` of a touched voxel temporarily holds -(its index in this frame + 2).
 void map_accumulate(In<int64_t, nb::shape<-1>> slots, In<float, nb::shape<-1, 3>> xyz,
                     In<uint8_t, nb::shape<-1, 3>> rgb, Array<float, nb::shape<-1, 3>> pos,
                     Array<float, nb::shape<-1, 3>> col, Array<uint32_t, nb::shape<-1>> npts,
@@ -179,6 +182,7 @@ void map_accumulate(In<int64_t, nb::shape<-1>> slots, In<float, nb::shape<-1, 3>
   if (!has_rgb && rgb.shape(0) != 0) throw std::invalid_argument("rgb must have one row per point or none");
   if (col.shape(0) != cap || npts.shape(0) != cap || obs.shape(0) != cap || last.shape(0) != cap)
     throw std::invalid_argument("per-voxel arrays differ in length");
+  if (frame < 0) throw std::invalid_argument("frame must be >= 0");
   const int64_t* sl = slots.data();
   const float* p = xyz.data();
   const uint8_t* c = rgb.data();
@@ -190,19 +194,36 @@ void map_accumulate(In<int64_t, nb::shape<-1>> slots, In<float, nb::shape<-1, 3>
   for (size_t i = 0; i < n; ++i)
     if (sl[i] >= int64_t(cap)) throw std::invalid_argument("slot beyond the per-voxel arrays");
   nb::gil_scoped_release release;
+  std::vector<int64_t> touched;
+  std::vector<double> sums;      // per touched voxel: x y z r g b
+  std::vector<uint32_t> counts;
+  touched.reserve(n / 16 + 16);
   for (size_t i = 0; i < n; ++i) {
     const int64_t s = sl[i];
     if (s < 0) continue;
-    const uint32_t cnt = N[s] < 0xffffffffu ? N[s] + 1 : N[s];
-    N[s] = cnt;
-    const float w = 1.0f / float(cnt);
-    for (int a = 0; a < 3; ++a) P[3 * s + a] += (p[3 * i + a] - P[3 * s + a]) * w;
-    if (has_rgb)
-      for (int a = 0; a < 3; ++a) C[3 * s + a] += (float(c[3 * i + a]) - C[3 * s + a]) * w;
-    if (L[s] != frame) {
-      L[s] = frame;
-      if (O[s] < 0xffff) O[s] += 1;
+    if (L[s] >= -1) {  // first point of this voxel in this frame
+      L[s] = -int32_t(touched.size()) - 2;
+      touched.push_back(s);
+      sums.insert(sums.end(), 6, 0.0);
+      counts.push_back(0);
     }
+    const size_t j = size_t(-L[s] - 2);
+    double* q = &sums[6 * j];
+    for (int a = 0; a < 3; ++a) q[a] += p[3 * i + a];
+    if (has_rgb)
+      for (int a = 0; a < 3; ++a) q[3 + a] += c[3 * i + a];
+    counts[j] += 1;
+  }
+  for (size_t j = 0; j < touched.size(); ++j) {
+    const int64_t s = touched[j];
+    const double inv = 1.0 / counts[j];
+    if (O[s] < 0xffff) O[s] += 1;
+    const float w = 1.0f / float(O[s]);
+    for (int a = 0; a < 3; ++a) P[3 * s + a] += (float(sums[6 * j + a] * inv) - P[3 * s + a]) * w;
+    if (has_rgb)
+      for (int a = 0; a < 3; ++a) C[3 * s + a] += (float(sums[6 * j + 3 + a] * inv) - C[3 * s + a]) * w;
+    N[s] = N[s] + counts[j] < N[s] ? 0xffffffffu : N[s] + counts[j];
+    L[s] = frame;
   }
 }
 
@@ -222,7 +243,7 @@ void bind_mapping(nb::module_& m) {
            "keep(uint8 (M,)) -> int64 (M,) old slot -> new slot (-1 = dropped); the kept slots are renumbered in order");
   m.def("map_accumulate", &map_accumulate, nb::arg("slots"), nb::arg("xyz"), nb::arg("rgb"), nb::arg("pos"),
         nb::arg("col"), nb::arg("npts"), nb::arg("obs"), nb::arg("last"), nb::arg("frame"),
-        "map_accumulate(...): running mean position/colour, points and frames per voxel, in place.");
+        "map_accumulate(...): one frame into the per-voxel means (of per-frame means) and counts, in place.");
 }
 
 }  // namespace pcov
