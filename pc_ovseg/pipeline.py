@@ -157,6 +157,10 @@ def fuse_scene(scene: Scene, view_encoder, cache_dir: str | Path, cfg: RunConfig
                 t = time.perf_counter()
                 feats = view_encoder.encode(view)
                 stats.timings["2d"] += time.perf_counter() - t
+                mask_s = ((getattr(feats, "meta", None) or {}).get("seconds") or {}).get("masks")
+                if mask_s is not None:  # the mask source's own time, for summary.json
+                    stats.extra["mask_seconds"] = stats.extra.get("mask_seconds", 0.0) + float(mask_s)
+                    stats.extra["mask_views"] = stats.extra.get("mask_views", 0) + 1
                 save_view_features(feats, fp)
                 dim = feats.dim
             with atomic_write(vp) as tmp:
@@ -262,7 +266,12 @@ def run(path: str, out_dir: str | Path, cfg: RunConfig | None = None, *, view_en
     summary = {"input": str(path), "points": len(scene.cloud), "views": stats.views,
                "views_computed": stats.computed, "views_cached": stats.cached,
                "coverage": round(fc.coverage, 6), "kind": scene.kind, "encoder": fc.encoder,
-               "fused": str(out / "fused.npz")}
+               "fused": str(out / "fused.npz"),
+               # which mask source ran and its time per view computed in this run (None: all were cached)
+               "masks": {"source": getattr(getattr(view_encoder, "masks", None), "name", None),
+                         "seconds_per_view": round(stats.extra["mask_seconds"] / stats.extra["mask_views"], 3)
+                         if stats.extra.get("mask_views") else None,
+                         "views_timed": stats.extra.get("mask_views", 0)}}
     t = time.perf_counter()
     text_encoder = getattr(view_encoder, "encoder", None)  # embed the labels with the model already loaded
     if distilled is not None:

@@ -110,11 +110,18 @@ def _window(clip, image):
     return clip._to_tensor(image[None]).float()
 
 
-def test_dense_attention_matches_hand_computation(clip):
-    """ClearCLIP last block by hand: q-q attention, no residual, no FFN, minus the [CLS] bias."""
+@pytest.mark.parametrize("cls_bias", [0.0, 0.3])
+def test_dense_attention_matches_hand_computation(clip, cls_bias):
+    """ClearCLIP last block by hand: q-q attention, no residual, no FFN (the default), and with the
+    opt-in [CLS] bias subtracted."""
+    assert (clip.attention, clip.cls_bias, clip.window_stride) == ("qq", 0.0, 0.5)   # ClearCLIP's recipe
     rng = np.random.default_rng(1)
     img = rng.integers(0, 255, (64, 64, 3), np.uint8)    # exactly one model-size window
-    got = clip.dense_features(img)
+    clip.cls_bias = cls_bias
+    try:
+        got = clip.dense_features(img)
+    finally:
+        clip.cls_bias = 0.0
     assert got.shape == (4, 4, 32) and got.dtype == np.float32
     v = clip.model.visual
     with torch.no_grad():
@@ -137,7 +144,7 @@ def test_dense_attention_matches_hand_computation(clip):
         f = f / f.norm(dim=-1, keepdim=True)
         g = clip.model.encode_image(_window(clip, img))[0]   # the ordinary image embedding
         g = g / g.norm()
-        ref = f - clip.cls_bias * g
+        ref = f - cls_bias * g
         ref = (ref / ref.norm(dim=-1, keepdim=True)).reshape(4, 4, 32).numpy()
     np.testing.assert_allclose(got, ref, atol=1e-4)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from .base import ImageTextEncoder, LabelEncoder, get_encoder, l2_normalize, register_encoder, registered_encoders
 from .clip import ClipEncoder, resolve_device
 from .masks import MaskSource, get_mask_source, mask_sources, paint_masks, prompt_points, register_masks
+from . import sam2_masks  # registers the sam2 / sam2_3d mask sources (the sam2 package is imported on use)
 from .precomputed import PrecomputedFeatures, PrecomputedLabels, label_map_features
 from .superpixels import slic
 from .templates import encode_text_with_templates, load_templates

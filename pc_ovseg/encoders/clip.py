@@ -4,8 +4,10 @@ CLIP's last-layer patch tokens localise poorly: the last block's query-key atten
 every patch attend to the same few global tokens, and its residual/FFN carry that global
 signal into every token. ClearCLIP / SCLIP / NACLIP fix this without training by changing
 only the last block: self-correlation attention (q-q, k-k, or k-k plus a spatial Gaussian),
-and no residual or FFN. We also subtract a fraction of the global image embedding ([CLS]
-bias), which otherwise dominates every patch. Images larger than the model input are
+and no residual or FFN. The default is ClearCLIP's recipe (q-q attention, no residual, no FFN;
+sliding 224 windows at stride 112, i.e. half a window); subtracting a fraction of the global
+image embedding ([CLS] bias) is opt-in (``cls_bias``, default 0: not measured with pretrained
+weights here). Images larger than the model input are
 processed in sliding windows whose token grids are averaged where they overlap ("slide"), or in
 one pass with a resampled positional grid ("whole": fewer tokens, cheaper on a CPU).
 """
@@ -108,8 +110,8 @@ class ClipEncoder(ImageTextEncoder):
     """
 
     def __init__(self, model: str = "ViT-B-16", weights: str | None = "openai", *, device: str = "auto",
-                 precision: str = "auto", attention: str = "qq", cls_bias: float = 0.3,
-                 short_side: int | None = None, window_stride: float = 2 / 3, batch_size: int = 16,
+                 precision: str = "auto", attention: str = "qq", cls_bias: float = 0.0,
+                 short_side: int | None = None, window_stride: float = 0.5, batch_size: int = 16,
                  naclip_sigma: float = 5.0, windows: str = "slide"):
         import torch
         open_clip = _open_clip()
