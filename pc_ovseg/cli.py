@@ -187,6 +187,11 @@ def _scene_args(p, *, run: bool):
     config_options(p, "scale", ScaleConfig, title="tiles (clouds bigger than a tile) and where they run")
     if run:
         config_options(p, "output", OutputConfig, title="labels")
+        from .config import InstancesConfig
+        if run != "instances":
+            p.add_argument("--instances", action="store_true", help="also make 3D instances from the views' 2D masks "
+                                                                   "(instances.npz / .ply / .las / .json)")
+        config_options(p, "instances", InstancesConfig, title="3D instances")
 
 
 def _print_tiled(summary) -> None:
@@ -218,7 +223,9 @@ def _scene_config(args, sections):
 @arguments(lambda p: _scene_args(p, run=True))
 def cmd_run(args) -> int:
     from .pipeline import run
-    cfg, dump = _scene_config(args, ("views", "encoder", "output", "scale"))
+    cfg, dump = _scene_config(args, ("views", "encoder", "output", "scale", "instances"))
+    if getattr(args, "instances", True):  # `pc-ovseg instances` always, `run` with --instances
+        cfg.instances.enabled = True
     if dump:
         print(cfg.dump(), end="")
         return 0
@@ -235,9 +242,17 @@ def cmd_run(args) -> int:
               f"({summary['views_cached']} from cache), coverage {summary['coverage']:.3f}, "
               f"{summary['seconds']:.1f} s (views {t['views']:.1f}, 2D {t['2d']:.1f}, fusion {t['fusion']:.1f}, "
               f"labels {t['labels']:.1f})")
-        for f in summary["files"]:
+        if "instances" in summary:
+            print(f"{summary['instances']} instances ({t.get('instances', 0):.1f} s)")
+        for f in summary.get("files", []) + summary.get("instance_files", []):
             print(f"  wrote {f}")
     return 0
+
+
+@command("instances", "3D instances (masks, boxes, scores, one feature each) from the views' 2D masks; resumes as run")
+@arguments(lambda p: _scene_args(p, run="instances"))
+def cmd_instances(args) -> int:
+    return cmd_run(args)
 
 
 @command("fuse", "fuse 2D features of every view onto the points (writes OUT/fused.npz)")

@@ -273,6 +273,25 @@ class ScaleConfig(_Checked):
 
 
 @dataclass
+class InstancesConfig(_Checked):
+    """3D instances from the views' 2D masks (pc_ovseg.instances); measured by scripts/bench_instances.py."""
+
+    enabled: bool = option(False, "also make 3D instances (instances.npz/.ply/.json)", flag="")
+    feature: str = option("points", "instance feature: the members' fused features, or the 2D features of "
+                                    "the views that see it best", choices=("points", "views"),
+                          flag="--instance-feature")
+    top_k: int = option(5, "views per instance for --instance-feature views", check=Num(int, 1, 100),
+                        flag="--instance-views")
+    min_points: int = option(50, "smallest instance kept (points)", check=Num(int, 1), flag="--instance-min-points")
+    min_together: int = option(4, "views that must put two pieces in one mask before they merge",
+                               check=Num(int, 1, 1000), flag="--instance-min-together")
+
+    def proposal(self):
+        from .instances import ProposalConfig
+        return ProposalConfig(min_points=self.min_points, min_together=self.min_together)
+
+
+@dataclass
 class BenchConfig(_Checked):
     """What ``pc-ovseg bench`` runs over: which scenes of which dataset, scored how, run where."""
 
@@ -339,6 +358,7 @@ class RunConfig:
     fusion: FusionConfig = field(default_factory=FusionConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     scale: ScaleConfig = field(default_factory=ScaleConfig)
+    instances: InstancesConfig = field(default_factory=InstancesConfig)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -347,14 +367,14 @@ class RunConfig:
     def from_dict(cls, d: dict, *, source: str | None = None) -> "RunConfig":
         """The inverse of to_dict; unknown sections or keys are errors (a typo never passes silently)."""
         if not isinstance(d, dict):
-            raise InputError(source, "a run configuration is a mapping of sections (views, encoder, fusion, output, scale)")
+            raise InputError(source, "a run configuration is a mapping of sections (views, encoder, fusion, output, scale, instances)")
         parts = {}
         for f in fields(cls):
             sub = d.get(f.name, {})
             parts[f.name] = _build(f.default_factory, sub, f.name, source)
         unknown = set(d) - {f.name for f in fields(cls)}
         if unknown:
-            raise InputError(source, f"unknown section {sorted(unknown)[0]!r}; sections: views, encoder, fusion, output, scale")
+            raise InputError(source, f"unknown section {sorted(unknown)[0]!r}; sections: views, encoder, fusion, output, scale, instances")
         return cls(**parts)
 
     @classmethod

@@ -61,6 +61,8 @@ class Visibility:
     pixels: np.ndarray      # (M, 2) int32 (row, col)
     weights: np.ndarray     # (M,) float32
     image_hw: tuple[int, int] = (0, 0)
+    own: np.ndarray | None = None   # (M,) bool: the pixel shows this point itself (None = unknown);
+                                    # a point drawn over by a neighbour reads the neighbour's mask
 
     def save(self, path) -> None:
         """Ids and pixels in the narrowest exact dtype (int32 / uint16 where they fit: 12 bytes an
@@ -70,15 +72,17 @@ class Visibility:
             ids = ids.astype(np.int32)
         if len(pix) and 0 <= int(pix.min()) and int(pix.max()) < 2**16:
             pix = pix.astype(np.uint16)
-        np.savez(path, point_ids=ids, pixels=pix, weights=self.weights,
+        own = {} if self.own is None else {"own": np.packbits(self.own)}
+        np.savez(path, point_ids=ids, pixels=pix, weights=self.weights, **own,
                  meta=np.array([self.name, self.granularity, str(self.image_hw[0]), str(self.image_hw[1])]))
 
     @classmethod
     def load(cls, path) -> "Visibility":
         with np.load(path, allow_pickle=False) as z:
             name, gran, h, w = (str(s) for s in z["meta"])
-            return cls(name, gran, z["point_ids"].astype(np.int64), z["pixels"].astype(np.int32),
-                       z["weights"], (int(h), int(w)))
+            ids = z["point_ids"].astype(np.int64)
+            own = np.unpackbits(z["own"], count=len(ids)).astype(bool) if "own" in z else None
+            return cls(name, gran, ids, z["pixels"].astype(np.int32), z["weights"], (int(h), int(w)), own)
 
 
 def view_visibility(view: View, cloud: PointCloud, cfg: FusionConfig | None = None) -> Visibility:
@@ -87,6 +91,9 @@ def view_visibility(view: View, cloud: PointCloud, cfg: FusionConfig | None = No
     ids = np.asarray(view.point_ids, np.int64)
     pix = np.asarray(view.pixels, np.int32)
     w = np.ones(len(ids), np.float32)
+    own = None
+    if view.index is not None and view.index.size:
+        own = view.index[pix[:, 0], pix[:, 1]] == ids if len(ids) else np.zeros(0, bool)
     if len(ids):
         cam = view.camera
         xyz = cloud.xyz[ids].astype(np.float64)
@@ -105,17 +112,16 @@ def view_visibility(view: View, cloud: PointCloud, cfg: FusionConfig | None = No
             sigma = cfg.depth_sigma_rel * z + 0.01
             dz = np.where(ok, (d - z) / sigma, 0.0)
             w *= np.exp(-np.minimum(dz * dz, 50.0)).astype(np.float32)
-        if cfg.not_drawn < 1 and view.index is not None and view.index.size:
+        if cfg.not_drawn < 1 and own is not None:
             # a visible point whose pixel is drawn by a neighbour sees the neighbour's feature:
             # trust views where the point itself is what the 2D model saw
-            own = view.index[pix[:, 0], pix[:, 1]] == ids
             w *= np.where(own, 1.0, cfg.not_drawn).astype(np.float32)
         if cfg.border > 0:
             H, W = view.hw
             edge = np.minimum.reduce([pix[:, 0], pix[:, 1], H - 1 - pix[:, 0], W - 1 - pix[:, 1]]).astype(np.float32)
             ramp = cfg.border * min(H, W)
             w *= 0.25 + 0.75 * np.clip(edge / max(ramp, 1.0), 0.0, 1.0)
-    return Visibility(view.name, view.granularity, ids, pix, w.astype(np.float32), view.hw)
+    return Visibility(view.name, view.granularity, ids, pix, w.astype(np.float32), view.hw, own)
 
 
 class FeatureFusion:

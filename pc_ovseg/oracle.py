@@ -124,7 +124,7 @@ class OracleLabels:
     """
 
     def __init__(self, labels: np.ndarray, class_names: list[str], *, noise: float = 0.0, seed: int = 0,
-                 masks: str = "superpixels"):
+                 masks: str = "superpixels", instances: np.ndarray | None = None):
         from .encoders import get_encoder
         from .store import digest
         self.class_names = list(class_names)
@@ -134,13 +134,47 @@ class OracleLabels:
         self.encoder = get_encoder("labels:" + ",".join(self.class_names))
         self.settings = {"oracle": digest(self.labels, length=12), "classes": self.class_names,
                          "noise": self.noise, "seed": self.seed, **({"masks": masks} if noise > 0 else {})}
+        # with GT instance ids, each view's masks are the instances it shows (what a perfect SAM
+        # would give; ``noise`` then also splits, merges and drops that share of them)
+        self.instances = None if instances is None else np.asarray(instances, np.int64).reshape(-1)
+        if self.instances is not None:
+            self.settings["instances"] = digest(self.instances, length=12)
 
     def encode(self, view: View):
         import zlib
         from .encoders import get_mask_source, label_map_features
         C = len(self.class_names)
         lm = gt_label_map(view, self.labels, C)
+        if self.instances is not None:
+            return self._instance_features(view, lm, np.random.default_rng([self.seed, zlib.crc32(view.name.encode())]))
         if self.noise > 0:
             rng = np.random.default_rng([self.seed, zlib.crc32(view.name.encode())])
             lm = corrupt_label_map(lm, get_mask_source(self.masks)(view), self.noise, C, rng)
         return label_map_features(lm, C)
+
+    def _instance_features(self, view: View, lm: np.ndarray, rng: np.random.Generator):
+        """Regions = the view's (corrupted) GT instance masks, each with its majority class one-hot;
+        ``noise`` of the regions get a wrong class, as label maps do."""
+        from .data import ViewFeatures
+        from .instances import corrupt_masks, instance_map
+        C = len(self.class_names)
+        masks = corrupt_masks(instance_map(view, self.instances), self.noise, rng)
+        ok = masks >= 0
+        regions = np.full(masks.shape, -1, np.int32)
+        uniq, inv = np.unique(masks[ok], return_inverse=True)
+        regions[ok] = inv
+        R = len(uniq)
+        feats = np.zeros((R, C), np.float16)
+        lab = lm[ok]
+        has = lab >= 0
+        if R and has.any():
+            counts = np.zeros((R, C), np.int64)
+            np.add.at(counts, (inv[has], lab[has]), 1)
+            cls = counts.argmax(1)
+            live = counts.max(1) > 0
+            if self.noise > 0 and C > 1:
+                flip = live & (rng.random(R) < self.noise)
+                cls[flip] = (cls[flip] + rng.integers(1, C, flip.sum())) % C
+            feats[np.flatnonzero(live), cls[live]] = 1
+        return ViewFeatures(view.hw, dense=None, regions=regions, region_features=feats, blend=1.0,
+                            meta={"source": "oracle-instances", "num_classes": C})

@@ -123,6 +123,13 @@ class FuseStats:
     seconds: float = 0.0
     timings: dict = field(default_factory=lambda: {"views": 0.0, "2d": 0.0, "fusion": 0.0})
     extra: dict = field(default_factory=dict)
+    view_files: list = field(default_factory=list)   # (visibility, features) cache file of each view
+
+    def cached_views(self, progress: bool = False, desc: str = "views"):
+        """(Visibility, ViewFeatures) of every view, read back from the cache one at a time."""
+        from tqdm.auto import tqdm
+        for vp, fp in tqdm(self.view_files, desc=desc, unit="view", disable=not progress):
+            yield Visibility.load(vp), load_view_features(fp)
 
 
 def fuse_scene(scene: Scene, view_encoder, cache_dir: str | Path, cfg: RunConfig | None = None, *,
@@ -172,6 +179,7 @@ def fuse_scene(scene: Scene, view_encoder, cache_dir: str | Path, cfg: RunConfig
             fusion = FeatureFusion(n, dim, cfg.fusion)
         fusion.add_weights(vis)
         done.append(job.name)
+        stats.view_files.append((vp, fp))
     if fusion is None:
         raise InputError(None, "no views to fuse")
     t = time.perf_counter()
@@ -230,6 +238,16 @@ def ensemble_with_distilled(fused: FeatureCloud, ckpt, vocabulary: list[str], ou
     return ens
 
 
+def instances_stage(fc: FeatureCloud, stats: FuseStats, out: Path, cfg: RunConfig, *, vocabulary=None,
+                    text_encoder=None) -> dict:
+    """3D instances from the cached views' masks (pc_ovseg.instances), exported beside the labels."""
+    from .instances import export_instances, make_instances
+    from .query import QueryEngine
+    inst = make_instances(fc, lambda: stats.cached_views(), cfg.instances, progress=cfg.output.progress)
+    engine = QueryEngine(fc, text_encoder=text_encoder) if vocabulary is not None else None
+    return export_instances(out, fc, inst, vocabulary=vocabulary, engine=engine)
+
+
 COMPRESS_SAMPLE = 200_000   # seen points a feature basis is fitted on (per scene, or over all tiles)
 
 
@@ -244,10 +262,16 @@ def run(path: str, out_dir: str | Path, cfg: RunConfig | None = None, *, view_en
     cfg = cfg or RunConfig()
     from .tiles import run_tiled, tile_budget
     budget = tile_budget(path, cfg.scale)
+    if budget is not None and cfg.instances.enabled:
+        raise InputError(path, f"--instances works on one cloud, not tiles yet: this cloud is tiled (more than "
+                               f"{cfg.scale.tile_points:,} points); add --tiles off")
     if budget is not None:  # bigger than a tile: split, run tile by tile (pc_ovseg.tiles)
         return run_tiled(path, out_dir, cfg, budget=budget, view_encoder=view_encoder)
     from .labels import vocabulary
-    voc = vocabulary(cfg.output.labels)  # a bad vocabulary or checkpoint fails now, before any view
+    # a bad vocabulary or checkpoint fails now, before any view; `instances` may run without one
+    voc = vocabulary(cfg.output.labels) if cfg.output.labels or not cfg.instances.enabled else None
+    if voc is None and cfg.output.distilled:
+        raise InputError(None, "--distilled needs --labels (the ensemble keeps the better-scoring feature per class)")
     distilled = None
     if cfg.output.distilled:
         from .backbone.predict import load_model
@@ -279,11 +303,18 @@ def run(path: str, out_dir: str | Path, cfg: RunConfig | None = None, *, view_en
                                      device=cfg.encoder.device, text_encoder=text_encoder)
         summary.update(distilled=str(out / "distilled.npz"), ensemble=str(out / "ensemble.npz"),
                        coverage_ensemble=round(fc.coverage, 6))
-    summary.update(export_labels(out, fc, voc.pop("vocabulary"), **voc, formats=tuple(cfg.output.formats),
-                                 result=out / ("ensemble.npz" if distilled is not None else "fused.npz"),
-                                 text_encoder=text_encoder))
+    vocab = voc.pop("vocabulary") if voc else None
+    if vocab is not None:
+        summary.update(export_labels(out, fc, vocab, **voc, formats=tuple(cfg.output.formats),
+                                     result=out / ("ensemble.npz" if distilled is not None else "fused.npz"),
+                                     text_encoder=text_encoder))
     timings = {"views": t_load + stats.timings["views"], "2d": stats.timings["2d"],
                "fusion": stats.timings["fusion"], "labels": time.perf_counter() - t}
+    if cfg.instances.enabled:
+        t = time.perf_counter()
+        summary.update(instances_stage(fc, stats, out, cfg, vocabulary=vocab,
+                                       text_encoder=text_encoder))
+        timings["instances"] = time.perf_counter() - t
     summary["timings"] = {k: round(v, 3) for k, v in timings.items()}
     summary["seconds"] = round(time.perf_counter() - t0, 3)
     summary["config"] = cfg.to_dict()

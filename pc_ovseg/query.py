@@ -53,6 +53,34 @@ class Object3D:
                 "bbox_min": self.bbox_min.tolist(), "bbox_max": self.bbox_max.tolist()}
 
 
+@dataclass
+class InstanceLabels:
+    labels: np.ndarray          # (K,) position in names
+    confidence: np.ndarray      # (K,) probability of that class
+    names: list
+    top: list                   # per instance [(name, probability)] best first
+
+
+@dataclass
+class Instance3D:
+    """One instance answering a text query."""
+
+    id: int
+    point_ids: np.ndarray
+    score: float                # relevance x proposal score: the ranking
+    relevance: float
+    proposal_score: float
+    bbox_min: np.ndarray
+    bbox_max: np.ndarray
+    views: list
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "points": int(len(self.point_ids)), "score": round(self.score, 4),
+                "relevance": round(self.relevance, 4), "proposal_score": round(self.proposal_score, 4),
+                "bbox_min": self.bbox_min.round(4).tolist(), "bbox_max": self.bbox_max.round(4).tolist(),
+                "views": self.views}
+
+
 class QueryEngine:
     """Answers text queries on one FeatureCloud.
 
@@ -162,6 +190,26 @@ class QueryEngine:
         class is found by any of its synonyms; label-space features (``fc.class_names``) are
         queried with the class names themselves. Labels are positions in the class names.
         """
+        names, t, owner = self._class_texts(vocabulary)
+        n = len(self._feats)
+        labels = torch.empty(n, dtype=torch.int32, device=self.device)
+        score = torch.empty(n, dtype=torch.float32, device=self.device)
+        best_sim = torch.empty(n, dtype=torch.float32, device=self.device)
+        step = max(1, self.label_block // len(t))
+        for a in range(0, n, step):  # rows are independent: blocks give the same answer as one
+            sims = self._class_sims(self._feats[a:a + step], t, owner, len(names))
+            probs = torch.softmax(sims * self.temperature, dim=1)
+            bs, lab = sims.max(dim=1)
+            best_sim[a:a + step], labels[a:a + step] = bs, lab
+            score[a:a + step] = probs.gather(1, lab[:, None])[:, 0]
+        labels[~self._seen] = -1
+        if min_similarity is not None:
+            labels[best_sim < min_similarity] = -1
+        score[~self._seen] = 0
+        return LabelResult(labels.cpu().numpy(), score.cpu().numpy(), best_sim.cpu().numpy(), names)
+
+    def _class_texts(self, vocabulary):
+        """Class names, their prompts' embeddings and which class owns each prompt (None: one each)."""
         names = list(getattr(vocabulary, "names", vocabulary))
         if not names:
             raise ValueError("empty vocabulary")
@@ -172,25 +220,54 @@ class QueryEngine:
         if len(t) > len(names):  # a class scores its best prompt
             owner = torch.repeat_interleave(torch.arange(len(names), device=self.device),
                                             torch.tensor([len(ps) for ps in prompts], device=self.device))
-        n = len(self._feats)
-        labels = torch.empty(n, dtype=torch.int32, device=self.device)
-        score = torch.empty(n, dtype=torch.float32, device=self.device)
-        best_sim = torch.empty(n, dtype=torch.float32, device=self.device)
-        step = max(1, self.label_block // len(t))
-        for a in range(0, n, step):  # rows are independent: blocks give the same answer as one
-            sims = (self._feats[a:a + step] @ t.T).float()
-            if owner is not None:
-                best = torch.full((len(sims), len(names)), -torch.inf, device=self.device)
-                sims = best.scatter_reduce(1, owner.expand(len(sims), -1), sims, "amax", include_self=False)
-            probs = torch.softmax(sims * self.temperature, dim=1)
-            bs, lab = sims.max(dim=1)
-            best_sim[a:a + step], labels[a:a + step] = bs, lab
-            score[a:a + step] = probs.gather(1, lab[:, None])[:, 0]
-        labels[~self._seen] = -1
-        if min_similarity is not None:
-            labels[best_sim < min_similarity] = -1
-        score[~self._seen] = 0
-        return LabelResult(labels.cpu().numpy(), score.cpu().numpy(), best_sim.cpu().numpy(), names)
+        return names, t, owner
+
+    def _class_sims(self, feats: torch.Tensor, t: torch.Tensor, owner, n_names: int) -> torch.Tensor:
+        sims = (feats.to(t.dtype) @ t.T).float()
+        if owner is not None:
+            best = torch.full((len(sims), n_names), -torch.inf, device=self.device)
+            sims = best.scatter_reduce(1, owner.expand(len(sims), -1), sims, "amax", include_self=False)
+        return sims
+
+    # -- instances (pc_ovseg.instances) ----------------------------------------------------------
+    def _instance_feats(self, inst) -> torch.Tensor:
+        if inst.features is None or inst.features.shape[1] != self._feats.shape[1]:
+            from .errors import InputError
+            raise InputError(None, f"the instances' features are {None if inst.features is None else inst.features.shape[1]}"
+                                   f"-d, the point features {self._feats.shape[1]}-d (made from another result?)")
+        return torch.from_numpy(np.asarray(inst.features, np.float32)).to(self.device, self._feats.dtype)
+
+    def label_instances(self, inst, vocabulary, *, k: int = 5) -> "InstanceLabels":
+        """Closed-vocabulary instance labelling: each instance's class (by the same prompt rule as
+        points), its probability and its top-k classes."""
+        names, t, owner = self._class_texts(vocabulary)
+        if len(inst) == 0:
+            return InstanceLabels(np.zeros(0, np.int64), np.zeros(0, np.float32), names, [])
+        sims = self._class_sims(self._instance_feats(inst), t, owner, len(names))
+        probs = torch.softmax(sims * self.temperature, dim=1).cpu().numpy()
+        lab = probs.argmax(1)
+        top = [[(names[j], float(p[j])) for j in np.argsort(-p)[:k]] for p in probs]
+        return InstanceLabels(lab, probs[np.arange(len(lab)), lab].astype(np.float32), names, top)
+
+    def instances(self, text: str, inst, negatives=CANONICAL_NEGATIVES, *, min_relevance: float = 0.5,
+                  top: int | None = None) -> list["Instance3D"]:
+        """Instances ranked for a text query: relevancy of the instance's feature (as points are
+        scored, so 0.5 = no preference over the negatives) times the proposal's own score."""
+        if len(inst) == 0:
+            return []
+        sims = (self._instance_feats(inst) @ torch.from_numpy(self.embed([text, *negatives])).to(
+            self.device, self._feats.dtype).T).float()
+        diff = sims[:, 0] - sims[:, 1:].amax(dim=1) if len(negatives) else sims[:, 0]
+        rel = torch.sigmoid(diff * 10.0).cpu().numpy()
+        score = rel * inst.scores
+        order = [int(k) for k in np.argsort(-score, kind="stable") if rel[k] >= min_relevance][:top]
+        members = inst.member_lists()
+        out = []
+        for k in order:
+            p = self.fc.cloud.xyz[members[k]].astype(np.float64) + self.fc.cloud.origin
+            out.append(Instance3D(k, members[k], float(score[k]), float(rel[k]), float(inst.scores[k]),
+                                  p.min(0), p.max(0), list(inst.views[k][:5]) if k < len(inst.views) else []))
+        return out
 
     def relevancy(self, text: str, negatives=CANONICAL_NEGATIVES, *, temperature: float = 10.0) -> np.ndarray:
         """LERF relevancy: min over negatives of softmax(query vs negative); 0.5 = no preference.
