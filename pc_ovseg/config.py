@@ -336,6 +336,9 @@ class MappingConfig(_Checked):
     normals: bool = option(False, "weigh keyframe observations by viewing angle too, with normals from the "
                                   "keyframe's depth (batch runs on RGB-D have no normals, so off fuses as they do)",
                            flag="")
+    fuse_lag: int = option(5, "a keyframe's features fuse this many frames after it (the voxels first seen "
+                              "just after it get its vote too; queries see them that much later)",
+                           check=Num(int, 0, 10_000))
     pending: int = option(2, "keyframes waiting for the 2D model at most; a live stream drops the oldest past "
                              "it, a recording waits", check=Num(int, 1, 1000))
     topics: str | None = option(None, "ROS bag: the topics to use, comma-separated (default: chosen by type: "

@@ -32,6 +32,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections import deque
 from dataclasses import replace
 
 import numpy as np
@@ -42,6 +43,7 @@ from ..data import Camera, FeatureCloud, PointCloud, RGBDFrame, View, ViewFeatur
 from ..errors import InputError
 from ..fusion import FeatureFusion, FusionConfig, view_visibility
 
+_DROPPED = object()     # a live keyframe the encoder did not get to
 PRUNE_TO = 0.9          # a pruned map keeps this fraction of max_voxels
 MAP_FORMAT = "pc_ovseg.SemanticMap/1"
 
@@ -77,6 +79,8 @@ class SemanticMap:
         self.origin = np.zeros(3)
         self._table = native.voxel_hash(self.voxel_size)
         self._lock = threading.RLock()
+        if feature_dim is None:  # known up front for label spaces and built encoders
+            feature_dim = len(self.class_names) if self.class_names else getattr(encoder, "dim", None)
         self._dim = None if feature_dim is None else int(feature_dim)
         self._cap = 0
         self._alloc(4096)
@@ -95,6 +99,8 @@ class SemanticMap:
         self._since_key = 0
         self._engine = None
         self._queue: queue.Queue | None = None
+        self._pending: deque = deque()      # [frame number, frame, features | None | _DROPPED]
+        self._cond = threading.Condition()
         self._worker: threading.Thread | None = None
         self._error: BaseException | None = None
 
@@ -191,9 +197,10 @@ class SemanticMap:
                 self._prune()
         self.timings["update"].append(time.perf_counter() - t0)
         if features is not None:
-            self.fuse(frame, features)
+            self._pending.append([self.frames - 1, frame, features])
         elif self.encoder is not None and self._is_keyframe(frame):
             self._submit(frame)
+        self._fuse_due()
         if self.snapshot_path and self.cfg.snapshot_every and self.frames % self.cfg.snapshot_every == 0:
             self.save(self.snapshot_path, finish=False)
         return True
@@ -215,36 +222,69 @@ class SemanticMap:
 
     # -- 2D features -----------------------------------------------------------------------------
     def _submit(self, frame: RGBDFrame) -> None:
+        """Queue a keyframe for the encoder thread; its features fuse once due (``_fuse_due``)."""
         if self._worker is None:
             self._queue = queue.Queue(maxsize=self.cfg.pending)
             self._worker = threading.Thread(target=self._work, name="pc_ovseg-map-encoder", daemon=True)
             self._worker.start()
+        entry = [self.frames - 1, frame, None]
+        self._pending.append(entry)
         if self.live:
             while True:
                 try:
-                    self._queue.put_nowait(frame)
+                    self._queue.put_nowait(entry)
                     return
                 except queue.Full:
                     try:
-                        self._queue.get_nowait()
+                        old = self._queue.get_nowait()
                         self._queue.task_done()
+                        with self._cond:
+                            old[2] = _DROPPED
                         self.keyframes_dropped += 1
                     except queue.Empty:
                         pass
-        self._queue.put(frame)
+        self._queue.put(entry)
 
     def _work(self) -> None:
         while True:
-            frame = self._queue.get()
+            entry = self._queue.get()
             try:
-                if frame is None:
+                if entry is None:
                     return
+                feats = _DROPPED
                 if self._error is None:
-                    self.fuse(frame, self.encoder.encode(encoder_view(frame)))
+                    feats = self.encoder.encode(encoder_view(entry[1]))
             except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
-                self._error = exc
+                self._error, feats = exc, _DROPPED
             finally:
+                if entry is not None:
+                    with self._cond:
+                        entry[2] = feats
+                        self._cond.notify_all()
                 self._queue.task_done()
+
+    def _fuse_due(self, *, everything: bool = False) -> None:
+        """Fuse the encoded keyframes that are due, oldest first, in the calling thread.
+
+        A recording (not ``live``) fuses keyframe k when frame k + ``fuse_lag`` has been
+        integrated, waiting for its features if the encoder is behind: the map then sees the
+        same geometry at each fusion whatever the threads' timing (the same input gives the same
+        map), and voxels first seen just after the keyframe still get its vote. A live map fuses
+        whatever is encoded and due, never waiting."""
+        due = self.frames - 1 - self.cfg.fuse_lag
+        while self._pending:
+            entry = self._pending[0]
+            if not everything and entry[0] > due:
+                break
+            with self._cond:
+                while entry[2] is None and (everything or not self.live) and self._error is None:
+                    self._cond.wait(0.5)
+            self._raise_worker_error()
+            if entry[2] is None:   # live: not encoded yet
+                break
+            self._pending.popleft()
+            if entry[2] is not _DROPPED:
+                self.fuse(entry[1], entry[2])
 
     def _raise_worker_error(self) -> None:
         if self._error is not None:
@@ -252,15 +292,13 @@ class SemanticMap:
             raise err
 
     def flush(self) -> None:
-        """Wait until every submitted keyframe is fused."""
-        if self._queue is not None:
-            self._queue.join()
-        self._raise_worker_error()
+        """Wait until every keyframe is encoded, and fuse them all."""
+        self._fuse_due(everything=True)
 
     def close(self) -> None:
         """Fuse what is pending and stop the worker thread."""
+        self.flush()
         if self._worker is not None:
-            self.flush()
             self._queue.put(None)
             self._worker.join()
             self._worker = self._queue = None
@@ -336,7 +374,7 @@ class SemanticMap:
             dim = self._dim or 1
             feat = self._feat[:n].copy() if self._feat is not None else np.zeros((n, dim), np.float16)
             wsum, count = self._wsum[:n].copy(), self._fcount[:n].copy()
-            fields = {"observations": self._obs[:n].astype(np.int32), "points": self._npts[:n].astype(np.int64)}
+            fields = {"observations": self._obs[:n].astype(np.int32), "samples": self._npts[:n].astype(np.int64)}
             meta = {"views": len(self.keyframes), "mapping": self.info()}
         cloud = PointCloud(xyz, rgb, fields=fields, origin=self.origin.copy(), source="semantic map")
         fusion = FeatureFusion(0, dim, self.fusion_cfg)
@@ -405,7 +443,7 @@ class SemanticMap:
             m._col[:len(xyz)] = fc.cloud.rgb
         f = fc.cloud.fields
         m._obs[:len(xyz)] = np.clip(f.get("observations", np.ones(len(xyz))), 0, 0xFFFF)
-        m._npts[:len(xyz)] = np.clip(f.get("points", np.ones(len(xyz))), 0, 0xFFFFFFFF)
+        m._npts[:len(xyz)] = np.clip(f.get("samples", np.ones(len(xyz))), 0, 0xFFFFFFFF)
         if fc.basis is not None:
             raise InputError(path, "compressed features (--compress) cannot be mapped into; use the uncompressed map")
         m._feat[:len(xyz)] = fc.features

@@ -230,6 +230,9 @@ void map_accumulate(In<int64_t, nb::shape<-1>> slots, In<float, nb::shape<-1, 3>
 }  // namespace
 
 void bind_mapping(nb::module_& m) {
+  // a map still referenced when the interpreter exits (a daemon encoder thread, a cycle) is not a
+  // leak worth a report on every exit
+  nb::set_leak_warnings(false);
   nb::class_<VoxelHash>(m, "VoxelHash", "Sparse voxel hash: floor(xyz / voxel_size) -> dense slot id.")
       .def(nb::init<double>(), nb::arg("voxel_size"))
       .def_prop_ro("voxel_size", &VoxelHash::voxel_size)
