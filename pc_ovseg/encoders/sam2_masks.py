@@ -175,9 +175,10 @@ class Sam2Masks:
         return self.model.device
 
     def embed(self, rgb: np.ndarray):
-        """(image embedding, high-res features) as SAM2ImagePredictor.set_image computes them,
-        for any input size (the predictor assumes 1024)."""
+        """The image's share of the decoder (:class:`sam2_decoder.SharedImage`), from the embedding
+        SAM2ImagePredictor.set_image computes, for any input size (the predictor assumes 1024)."""
         import torch
+        from .sam2_decoder import SharedImage
         m = self.model
         with torch.inference_mode():
             x = self.transforms(np.ascontiguousarray(rgb[..., :3]))[None].to(self.device)
@@ -185,33 +186,28 @@ class Sam2Masks:
             if m.directly_add_no_mem_embed:
                 feats[-1] = feats[-1] + m.no_mem_embed
             maps = [f.permute(1, 2, 0).reshape(1, -1, *s) for f, s in zip(feats, sizes)]
-        return maps[-1], maps[:-1]
-
-    def decode(self, embedding, xy: np.ndarray, hw: tuple[int, int]):
-        """Point prompts (P, 2) as (x, y) image pixels -> low-res logits (P, 3, h, w), IoU (P, 3).
-        The calls SAM2ImagePredictor.predict makes for (P, 1, 2) prompts, one batch at a time."""
-        import torch
-        m = self.model
-        emb, hires = embedding
-        H, W = hw
-        out_l, out_i = [], []
-        with torch.inference_mode():
             pe = m.sam_prompt_encoder.get_dense_pe()
+            dense = m.sam_prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(1, -1, *pe.shape[-2:])
+            return SharedImage(m.sam_mask_decoder, maps[-1], dense, pe, maps[:-1])
+
+    def decode(self, image, xy: np.ndarray, hw: tuple[int, int], pred_iou_thresh: float | None = None):
+        """Point prompts (P, 2) as (x, y) image pixels, in batches of ``points_per_batch`` ->
+        (best-of-3 low-res logits (K, h, w), their IoU (K,), prompt index (K,), all IoUs (P, 3)) for
+        the K prompts whose best IoU >= ``pred_iou_thresh`` (None: all P). The logits and IoUs are
+        SAM2ImagePredictor.predict's for (P, 1, 2) prompts."""
+        import torch
+        from .sam2_decoder import decode_points
+        H, W = hw
+        out = [], [], [], []
+        with torch.inference_mode():
             for i in range(0, len(xy), self.points_per_batch):
                 pts = torch.as_tensor(np.asarray(xy[i:i + self.points_per_batch], np.float32), device=self.device)
-                coords = pts.clone()
-                coords[:, 0] = coords[:, 0] / W
-                coords[:, 1] = coords[:, 1] / H
+                coords = pts / torch.tensor([W, H], dtype=torch.float32, device=self.device)
                 coords = (coords * self.image_size)[:, None]
-                labels = torch.ones(coords.shape[:2], dtype=torch.int, device=self.device)
-                sparse, dense = m.sam_prompt_encoder(points=(coords, labels), boxes=None, masks=None)
-                low, iou, _, _ = m.sam_mask_decoder(
-                    image_embeddings=emb, image_pe=pe, sparse_prompt_embeddings=sparse,
-                    dense_prompt_embeddings=dense, multimask_output=True, repeat_image=len(pts) > 1,
-                    high_res_features=hires)
-                out_l.append(low)
-                out_i.append(iou)
-        return torch.cat(out_l), torch.cat(out_i)
+                logits, iou, idx, iou_all = decode_points(self.model, image, coords, pred_iou_thresh)
+                for o, v in zip(out, (logits, iou, idx + i, iou_all)):
+                    o.append(v)
+        return tuple(torch.cat(o) for o in out)
 
     def upsample(self, logits, hw: tuple[int, int]):
         """(K, h, w) low-res logits -> (K, H, W) bool masks, as the predictor's postprocess_masks."""
@@ -221,21 +217,17 @@ class Sam2Masks:
             return F.interpolate(logits[:, None].float(), hw, mode="bilinear", align_corners=False)[:, 0] \
                 > self.mask_threshold
 
-    def select(self, low, iou, pred_iou_thresh: float, stability_thresh: float, nms_thresh: float,
-               stability_offset: float = 1.0):
-        """Best of 3 per prompt, thresholds and box NMS, all on the low-res logits.
+    def select(self, low, iou, stability_thresh: float, nms_thresh: float, stability_offset: float = 1.0):
+        """Stability threshold and box NMS on the low-res logits of the prompts' best masks.
         Returns (kept logits (K, h, w), their scores (K,))."""
         import torch
         from sam2.utils.amg import batched_mask_to_box, calculate_stability_score
         from torchvision.ops import nms
         thr = self.mask_threshold
         with torch.inference_mode():
-            best = iou.argmax(1)
-            r = torch.arange(len(best), device=low.device)
-            low, iou = low[r, best], iou[r, best].float()
             stab = calculate_stability_score(low, thr, stability_offset)
-            ok = (iou >= pred_iou_thresh) & (stab >= stability_thresh) & (low > thr).flatten(1).any(1)
-            low, iou = low[ok], iou[ok]
+            ok = (stab >= stability_thresh) & (low > thr).flatten(1).any(1)
+            low, iou = low[ok], iou[ok].float()
             if len(low) == 0:
                 return low, iou
             # the low-res grid is the whole view resized to a square: box IoU is invariant to that scaling
@@ -248,16 +240,18 @@ class Sam2Masks:
         import time
         hw = rgb.shape[:2]
         t0 = time.perf_counter()
-        emb = self.embed(rgb)
+        image = self.embed(rgb)
         t1 = time.perf_counter()
-        low, iou = self.decode(emb, xy, hw) if len(xy) else (None, None)
-        t2 = time.perf_counter()
         out = np.zeros((0,) + hw, bool)
-        if low is not None:
-            logits, _ = self.select(low, iou, pred_iou_thresh, stability_thresh, nms_thresh)
+        if len(xy):
+            low, iou, _, _ = self.decode(image, xy, hw, pred_iou_thresh)
+            t2 = time.perf_counter()
+            logits, _ = self.select(low, iou, stability_thresh, nms_thresh)
             if len(logits):
                 m = self.upsample(logits, hw)
                 out = m[m.flatten(1).sum(1) >= max(1, min_area)].cpu().numpy()
+        else:
+            t2 = t1
         if timings is not None:
             timings.update(encoder=t1 - t0, decoder=t2 - t1, select=time.perf_counter() - t2)
         return out
