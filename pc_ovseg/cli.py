@@ -334,6 +334,11 @@ def _query_args(p):
                    help="with --labels: also write the benchmark's prediction file (ScanNet <scene>.txt of "
                         "NYU40 ids, SemanticKITTI <scene>.label of raw ids); the label set needs raw ids")
     p.add_argument("--scene", help="name of the benchmark file (default: the stem of the features' source)")
+    p.add_argument("--instances", nargs="?", const="auto", metavar="FILE",
+                   help="answer with 3D instances (`pc-ovseg instances`; default: instances.npz beside FEATURES): "
+                        "--text ranks them (points, box, score, supporting views), --labels gives each a class "
+                        "and its top 5")
+    p.add_argument("--top", type=checked(Num(int, 1, None)), default=10, help="with --instances --text: instances listed")
     p.add_argument("--json", action="store_true")
 
 
@@ -362,6 +367,42 @@ def _query_tiled(args, texts, out) -> int:
     return 0
 
 
+def _query_instances(args, fc, texts, out) -> dict:
+    """--instances: instances labelled with a vocabulary, or ranked for each text."""
+    import numpy as np
+    from . import io
+    from .instances import Instances, export_instances
+    from .query import QueryEngine
+    path = args.instances if args.instances != "auto" else os.path.join(os.path.dirname(os.path.abspath(args.features)),
+                                                                       "instances.npz")
+    if args.instances == "auto" and not os.path.isfile(path):
+        raise InputError(path, "no instances beside the features: run `pc-ovseg instances` (or run --instances) "
+                               "first, or give --instances FILE")
+    inst = Instances.load(path)
+    if len(inst.ids) != len(fc.cloud):
+        raise InputError(path, f"instances of {len(inst.ids)} points, the features have {len(fc.cloud)}")
+    eng = QueryEngine(fc)
+    if args.labels:
+        from .labels import vocabulary
+        res = export_instances(out, fc, inst, vocabulary=vocabulary(args.labels)["vocabulary"], engine=eng)
+        return {"instances": res["instances"], "files": res["instance_files"]}
+    results, files = [], []
+    for k, text in enumerate(texts):
+        stem = "".join(c if c.isalnum() else "_" for c in text)[:40] + (f"_{k + 1}" if k else "")
+        found = eng.instances(text, inst, top=args.top)
+        rank = np.full(len(inst.ids), -1, np.int32)
+        for r, obj in enumerate(found):
+            rank[obj.point_ids] = r
+        io.write(out / f"instances_{stem}.ply", fc.cloud, labels=rank,
+                 scores=np.where(rank >= 0, np.array([o.score for o in found] + [0.0], np.float32)[rank], 0))
+        result = {"query": text, "instances": [o.to_dict() for o in found],
+                  "files": [str(out / f"instances_{stem}.ply"), str(out / f"instances_{stem}.json")]}
+        (out / f"instances_{stem}.json").write_text(json.dumps(result, indent=2))
+        results.append(result)
+        files += result["files"]
+    return results[0] if len(results) == 1 else {"queries": results, "files": files}
+
+
 @command("query", "labels for a vocabulary, or a heatmap and objects for each text query")
 @arguments(_query_args)
 def cmd_query(args) -> int:
@@ -385,7 +426,9 @@ def cmd_query(args) -> int:
         return _query_tiled(args, texts, out)
     fc = FeatureCloud.load(args.features)
     out.mkdir(parents=True, exist_ok=True)
-    if args.labels:
+    if args.instances:
+        summary = _query_instances(args, fc, texts, out)
+    elif args.labels:
         from .labels import vocabulary
         voc = vocabulary(args.labels)
         summary = export_labels(out, fc, voc.pop("vocabulary"), benchmark=args.format, scene=args.scene, **voc)
