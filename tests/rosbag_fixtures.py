@@ -131,7 +131,7 @@ def write_bag(path, frames, *, ros1: bool = False, pose: str = "pose", storage: 
             cam = f.camera
             m = cam.cam_to_world.copy()
             if k in bad_pose_at:
-                m[:3, :3] *= 2.0   # not a rotation: the frame must be skipped
+                m[:3, 3] = np.nan   # lost tracking: the frame must be skipped
             if c_pose is not None and c_pose.msgtype.endswith("PoseStamped"):
                 put(c_pose, t, M.pose_stamped(t, "world", m))
             elif c_pose is not None:
@@ -161,3 +161,31 @@ def write_bag(path, frames, *, ros1: bool = False, pose: str = "pose", storage: 
                     arr, enc = f.depth.astype(np.float32), "32FC1"
                 put(c_depth, t, M.image(t, cam_frame, arr, depth_encoding or enc))
     return path
+
+
+def rigid_frames(frames):
+    """The frames with their rotations made exactly orthonormal (7-Scenes' are to 2e-4; a bag's
+    quaternions are exact), so a folder and a bag of the same frames hold the same poses."""
+    from scipy.spatial.transform import Rotation
+
+    from pc_ovseg.data import Camera, RGBDFrame
+    out = []
+    for f in frames:
+        m = f.camera.cam_to_world.copy()
+        m[:3, :3] = Rotation.from_matrix(m[:3, :3]).as_matrix()
+        out.append(RGBDFrame(Camera(f.camera.K, m, f.camera.width, f.camera.height), f.color, f.depth, f.name))
+    return out
+
+
+def write_manifest(path, frames, folder) -> Path:
+    """A pc_ovseg.frames/1 manifest of 7-Scenes ``frames`` (their files in ``folder``, not copied)."""
+    import json
+    K = frames[0].camera.K
+    d = {"format": "pc_ovseg.frames/1", "depth_scale": 1000.0, "invalid_depth": [0, 65535],
+         "intrinsics": {"fx": K[0, 0], "fy": K[1, 1], "cx": K[0, 2], "cy": K[1, 2],
+                        "width": frames[0].camera.width, "height": frames[0].camera.height},
+         "frames": [{"name": f.name, "color": str(Path(folder) / f"{f.name}.color.jpg"),
+                     "depth": str(Path(folder) / f"{f.name}.depth.png"), "pose": f.camera.cam_to_world.tolist()}
+                    for f in frames]}
+    Path(path).write_text(json.dumps(d))
+    return Path(path)
