@@ -708,6 +708,8 @@ def _view_args(p):
                         "was made from, else from its planes)")
     p.add_argument("--labels", help="label set (scannet20, a JSON file or comma-separated names): a plain "
                                     "cloud's label field holds its class ids; a result's label view uses it")
+    p.add_argument("--follow", action="store_true",
+                   help="a growing map (pc-ovseg map --out DIR, or its map.npz): show each new snapshot")
     p.add_argument("--remap", action="store_true",
                    help="with --labels: the label field holds the set's raw dataset ids (e.g. NYU40 ids)")
 
@@ -735,13 +737,20 @@ def cmd_view(args) -> int:
     if args.labels:
         from .labels import parse_classes
         labelset = parse_classes(args.labels)
-    scene = ViewerScene.from_path(args.result, layout=args.layout, max_display_points=args.max_display_points,
-                                  up=args.up, labelset=labelset, remap=args.remap)
+    from .viewer.follow import follow, map_file
+    result = map_file(args.result)   # a map folder shows its map.npz
+
+    def make_scene():
+        return ViewerScene.from_path(result, layout=args.layout, max_display_points=args.max_display_points,
+                                     up=args.up, labelset=labelset, remap=args.remap)
+    scene = make_scene()
     scene.prepare()
     try:
         server = start_server(scene, args.host, args.port, quiet=not os.environ.get("PC_OVSEG_DEBUG"))
     except OSError as err:
         raise InputError(None, f"cannot listen on {args.host}:{args.port}: {err.strerror or err}") from None
+    if args.follow:
+        follow(server, result, make_scene)
     params = {k: v for k, v in (("q", args.query), ("vocab", args.vocabulary), ("mode", args.mode),
                                 ("size", args.point_size)) if v is not None}
     url = server.url + (f"?{urlencode(params)}" if params else "")

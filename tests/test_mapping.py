@@ -222,3 +222,33 @@ def test_map_command_on_a_folder(shared_data, tmp_path):
     assert main(["map", str(shared_data / "7scenes-redkitchen"), "--out", str(tmp_path / "g"), "--every", "25",
                  "--geometry-only", "--no-progress"]) == 0
     assert len(FeatureCloud.load(tmp_path / "g" / "map.npz").cloud) > 5000
+
+
+def test_viewer_follows_a_growing_map(kitchen, tmp_path):
+    import json as _json
+    import time
+    import urllib.request
+
+    from pc_ovseg.viewer import ViewerScene, start_server
+    from pc_ovseg.viewer.follow import follow, map_file
+    smap = SemanticMap(0.05)
+    smap.add_rgbd(kitchen[0])
+    smap.save(tmp_path / "map.npz", finish=False)
+    path = map_file(tmp_path)                               # a map folder shows its map.npz
+    assert path == str(tmp_path / "map.npz")
+    server = start_server(ViewerScene.from_path(path), "127.0.0.1", 0)
+    try:
+        follow(server, path, lambda: ViewerScene.from_path(path), interval=0.05)
+        info = _json.loads(urllib.request.urlopen(server.url + "api/info").read())
+        assert info["follow"] and info["version"] == 0 and info["n_points"] == smap.size
+        for i in range(10, 40, 10):
+            smap.add_rgbd(kitchen[i])
+        smap.save(path, finish=False)
+        deadline = time.time() + 30
+        while server.version == 0 and time.time() < deadline:
+            time.sleep(0.05)
+        info = _json.loads(urllib.request.urlopen(server.url + "api/info").read())
+        assert info["version"] == 1 and info["n_points"] == smap.size
+    finally:
+        server.shutdown()
+        server.server_close()

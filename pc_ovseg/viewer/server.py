@@ -147,6 +147,7 @@ class ViewerServer(ThreadingHTTPServer):
             "unseen_rgb": UNSEEN_RGB.tolist(),
             "message": s.message,
             "limits": {"query": MAX_QUERY, "vocabulary": MAX_VOCAB, "name": MAX_NAME},
+            "follow": bool(getattr(self, "follow", False)), "version": int(getattr(self, "version", 0)),
         }
 
 

@@ -162,6 +162,12 @@ class Viewer {
   async load() {
     this.info = await (await fetch("/api/info")).json();
     const info = this.info;
+    if (info.follow) {  // pc-ovseg view --follow: reload when the map's next snapshot is served
+      setInterval(async () => {
+        const now = await (await fetch("/api/info")).json();
+        if (now.version !== info.version) location.reload();
+      }, 2000);
+    }
     $("title").textContent = info.title || "";
     $("stats").textContent = `${info.n_points.toLocaleString()} points` +
       (info.n_display < info.n_points ? ` (showing ${info.n_display.toLocaleString()})` : "") +
