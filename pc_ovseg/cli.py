@@ -384,8 +384,17 @@ def _query_instances(args, fc, texts, out) -> dict:
     eng = QueryEngine(fc)
     if args.labels:
         from .labels import vocabulary
-        res = export_instances(out, fc, inst, vocabulary=vocabulary(args.labels)["vocabulary"], engine=eng)
-        return {"instances": res["instances"], "files": res["instance_files"]}
+        voc = vocabulary(args.labels)["vocabulary"]
+        res = export_instances(out, fc, inst, vocabulary=voc, engine=eng)
+        files = res["instance_files"]
+        if args.format == "scannet":  # the instance benchmark's files, for `eval --instances`
+            from .instances import write_scannet_instances
+            lab = eng.label_instances(inst, voc)
+            scene = args.scene or os.path.splitext(os.path.basename(str(fc.cloud.source or "scene")))[0]
+            files += write_scannet_instances(out, scene, inst, lab.labels, lab.confidence, voc.labelset)
+        elif args.format:
+            raise InputError(None, "--instances --format: only scannet has an instance benchmark format")
+        return {"instances": res["instances"], "files": files}
     results, files = [], []
     for k, text in enumerate(texts):
         stem = "".join(c if c.isalnum() else "_" for c in text)[:40] + (f"_{k + 1}" if k else "")

@@ -551,3 +551,24 @@ def export_instances(out, fc: FeatureCloud, inst: Instances, *, vocabulary=None,
                                       "objects": rows})
     files.append(str(out / f"{stem}.json"))
     return {"instances": len(inst), "instance_files": files}
+
+
+def write_scannet_instances(out, scene: str, inst: Instances, labels: np.ndarray, confidence: np.ndarray,
+                            labelset) -> list[str]:
+    """The ScanNet instance benchmark's prediction files: ``<scene>.txt`` with lines
+    ``pred_mask/<scene>_NNN.txt RAW_LABEL_ID CONFIDENCE`` and one 0/1 mask file per instance
+    (what ``pc-ovseg eval --instances`` and the official script read)."""
+    from pathlib import Path
+
+    from .store import write_text
+    out = Path(out)
+    raw = labelset.to_raw(np.asarray([labelset.ids[int(c)] for c in labels], np.int64)) if len(labels) else []
+    lines = []
+    for k, m in enumerate(inst.member_lists()):
+        rel = f"pred_mask/{scene}_{k:03d}.txt"
+        mask = np.zeros(len(inst.ids), np.uint8)
+        mask[m] = 1
+        write_text(out / rel, "\n".join(map(str, mask.tolist())) + "\n")
+        lines.append(f"{rel} {int(raw[k])} {float(confidence[k] * inst.scores[k]):.6f}")
+    write_text(out / f"{scene}.txt", "\n".join(lines) + ("\n" if lines else ""))
+    return [str(out / f"{scene}.txt")]

@@ -200,5 +200,16 @@ def test_run_with_instances_resumes_and_query_answers_with_instances(scene, tmp_
     r = _cli("query", out / "fused.npz", "--labels", "scannet20", "--instances", "--out", tmp_path / "l", "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads((tmp_path / "l" / "instances.json").read_text())["objects"][0]["label"]
+    # the instance benchmark's files, scored by `eval --instances` against the scene's real GT
+    d = scene["path"].parent
+    raw = np.load(d / "scene0000_00_sem_label.npy").astype(np.int64)
+    np.savetxt(tmp_path / "gt.txt", np.where(scene["inst"] > 0, raw * 1000 + scene["inst"], 0), fmt="%d")
+    r = _cli("query", out / "fused.npz", "--labels", "scannet20", "--instances", "--format", "scannet",
+             "--scene", "scene0000_00", "--out", tmp_path / "b")
+    assert r.returncode == 0, r.stderr
+    r = _cli("eval", tmp_path / "b" / "scene0000_00.txt", "--gt", tmp_path / "gt.txt", "--instances",
+             "--classes", "scannet20", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["ap50"] >= 0.5
     r = _cli("query", out / "fused.npz", "--text", "bed", "--instances", tmp_path / "none.npz", "--out", tmp_path / "x")
     assert r.returncode == 2 and "none.npz" in r.stderr and len(r.stderr.strip().splitlines()) == 1
