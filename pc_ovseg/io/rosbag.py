@@ -330,8 +330,9 @@ class BagFrames:
             known = sorted({x for e in parent.items() for x in e})
             raise InputError("/tf", f"no transform from {cam!r} to {world!r} (frames: {', '.join(known) or 'none'})")
         if not chain:
-            raise InputError("/tf", f"no transform from {cam!r} to {world!r} (frames: "
-                                    f"{', '.join(sorted({x for e in parent.items() for x in e})) or 'none'})")
+            known = ', '.join(sorted({x for e in parent.items() for x in e})) or 'none'
+            to = f"to {world!r}" if self.world_frame else "to any other frame"
+            raise InputError("/tf", f"no transform from {cam!r} {to} (frames: {known})")
         self.camera_frame, self.world_frame, self._chain = cam, world, chain
 
     def _pose_at(self, t: float) -> np.ndarray | None:

@@ -470,6 +470,8 @@ def commands() -> None:
         "--device", "nonsense")
     cmd("eval --ignore", "--ignore", "eval", "{C}/fused_good.npz", "--gt", gt, "--ignore", "a,b")
 
+    map_cases(cloud)
+
     # run configuration files
     cput("config_unknown.yaml", "views:\n  max_view: 3\n")
     cput("config_section.yaml", "viewz:\n  max_views: 3\n")
@@ -486,6 +488,37 @@ def commands() -> None:
         json.dump(dict(sorted(CASES.items())), f, indent=1)
         f.write("\n")
     print(f"{len(CASES)} command cases")
+
+
+def map_cases(cloud: str) -> None:
+    """``pc-ovseg map``: ROS bags that cannot be mapped (tiny ROS 1 bags written with rosbags),
+    inputs without depth, and the mapping options."""
+    sys.path.insert(0, os.path.dirname(HERE))
+    from rosbag_fixtures import write_bag
+
+    from pc_ovseg.data import Camera, RGBDFrame
+    K = np.array([[8.0, 0, 4.0], [0, 8.0, 3.0], [0, 0, 1]])
+    frames = []
+    for k in range(2):
+        pose = np.eye(4)
+        pose[0, 3] = 0.01 * k
+        frames.append(RGBDFrame(Camera(K, pose, 8, 6), np.full((6, 8, 3), 100 + k, np.uint8),
+                                np.full((6, 8), 1.5, np.float32), f"f{k}"))
+    bags = {"bag_no_depth.bag": (dict(no_depth=True), "no depth topic"),
+            "bag_unsynced.bag": (dict(color_offset=0.5), "no message within 0.02 s of any depth image"),
+            "bag_encoding.bag": (dict(color="yuv422"), "unknown image encoding 'yuv422'"),
+            "bag_no_transform.bag": (dict(pose="tf", skip_tf_static=True), "no transform from 'camera_optical'"),
+            "bag_all_poses_bad.bag": (dict(bad_pose_at=(0, 1)), "has a valid pose")}
+    for name, (kw, expect) in bags.items():
+        write_bag(os.path.join(CMD_DIR, name), frames, ros1=True, **kw)
+        cmd(f"map {name}", expect, "map", "{C}/" + name, "--out", "{OUT}", "--geometry-only")
+    cmd("map bag --topics unknown", "topic /nope is not in the bag", "map", "{C}/bag_unsynced.bag", "--out",
+        "{OUT}", "--geometry-only", "--topics", "/nope")
+    cmd("map a cloud", "not an RGB-D sequence", "map", cloud, "--out", "{OUT}", "--geometry-only")
+    cmd("map missing input", "no such file", "map", "{C}/no_such_folder", "--out", "{OUT}", "--geometry-only")
+    for opt, v in (("--every", "0"), ("--voxel-size", "0"), ("--keyframe-every", "-1"), ("--max-voxels", "10"),
+                   ("--sync", "nan"), ("--pending", "0")):
+        cmd(f"map {opt} {v}", f"argument {opt}", "map", "{C}/bag_unsynced.bag", "--out", "{OUT}", opt, v)
 
 
 if __name__ == "__main__":
