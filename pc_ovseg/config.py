@@ -277,7 +277,7 @@ class InstancesConfig(_Checked):
     """3D instances from the views' 2D masks (pc_ovseg.instances); measured by scripts/bench_instances.py."""
 
     enabled: bool = option(False, "also make 3D instances (instances.npz/.ply/.json)", flag="")
-    feature: str = option("points", "instance feature: the members' fused features, or the 2D features of "
+    feature: str = option("views", "instance feature: the members' fused features, or the 2D features of "
                                     "the views that see it best", choices=("points", "views"),
                           flag="--instance-feature")
     top_k: int = option(5, "views per instance for --instance-feature views", check=Num(int, 1, 100),

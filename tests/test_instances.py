@@ -126,9 +126,10 @@ def test_instances_are_labelled_and_queried(scene, clean, tmp_path):
 
 def test_view_features_agree_with_point_features(scene, clean):
     done, fc, inst = clean
-    inst_v = make_instances(fc, lambda: iter(done), InstancesConfig(feature="views"))
-    assert np.array_equal(inst_v.ids, inst.ids)
-    agree = (inst_v.features.argmax(1) == inst.features.argmax(1)).mean()
+    assert inst.meta["feature"] == "views"   # the default: better under 2D noise (docs/instances.md)
+    inst_p = make_instances(fc, lambda: iter(done), InstancesConfig(feature="points"))
+    assert np.array_equal(inst_p.ids, inst.ids)
+    agree = (inst_p.features.argmax(1) == inst.features.argmax(1)).mean()
     assert agree >= 0.9
 
 
