@@ -30,6 +30,14 @@ def oracle(kitchen):
     return ProjectedLabels(ref, block_labels(ref.xyz, len(NAMES)), NAMES)
 
 
+def oracle_cloud_labels(oracle) -> FeatureCloud:
+    """The oracle's labelled cloud as a label-space FeatureCloud (one-hot of its labels)."""
+    import numpy as _np
+    n = len(oracle.cloud)
+    return FeatureCloud(oracle.cloud, _np.eye(len(NAMES), dtype=_np.float16)[oracle.labels], _np.ones(n, _np.float32),
+                        _np.ones(n, _np.uint16), "labels:" + ",".join(NAMES), NAMES)
+
+
 def _labels_by_voxel(fc: FeatureCloud, vs: float) -> dict:
     lab = QueryEngine(fc, text_cache=None).labels(NAMES).labels
     keys = np.floor(fc.cloud.world_xyz / vs).astype(np.int64)
@@ -115,14 +123,21 @@ def test_save_load_and_the_other_commands_read_a_map(kitchen, oracle, tmp_path):
     assert main(["eval", str(path), "--gt", str(tmp_path / "q" / "labels.npz"), "--classes", ",".join(NAMES)]) == 0
 
 
-def test_max_voxels_drops_the_least_observed(kitchen):
+def test_max_voxels_drops_the_least_observed(kitchen, oracle):
     full = SemanticMap(0.05)
     for i in range(0, 30, 3):
         full.add_rgbd(kitchen[i])
-    smap = SemanticMap(0.05, max_voxels=5000)
-    for i in range(0, 30, 3):
-        smap.add_rgbd(kitchen[i])
-    assert smap.size <= 5000 and smap.voxels_dropped > 0
+    smap = SemanticMap(0.05, max_voxels=5000, encoder=oracle, config=MappingConfig(keyframe_every=2, fuse_lag=1))
+    with smap:
+        for i in range(0, 30, 3):
+            smap.add_rgbd(kitchen[i])
+    assert smap.size <= 5000 and smap.voxels_dropped > 0 and len(smap.keyframes) == 5
+    res = smap.labels(NAMES)                       # features fused across prunings stay on their voxels
+    assert (res.labels >= 0).mean() > 0.8
+    truth = _labels_by_voxel(oracle_cloud_labels(oracle), 0.05)
+    keys = map(tuple, np.floor(smap.snapshot().cloud.xyz / 0.05).astype(int))
+    pairs = [(truth[k], v) for k, v in zip(keys, res.labels) if k in truth and v >= 0]
+    assert np.mean([a == b for a, b in pairs]) > 0.8
     # kept voxels are the well observed ones: they sit where the full map's many-frame voxels are
     fc_full, fc = full.snapshot(), smap.snapshot()
     obs_full = dict(zip(map(tuple, np.floor(fc_full.cloud.xyz / 0.05).astype(int)), fc_full.cloud.fields["observations"]))

@@ -44,6 +44,8 @@ from ..errors import InputError
 from ..fusion import FeatureFusion, FusionConfig, view_visibility
 
 _DROPPED = object()     # a live keyframe the encoder did not get to
+_FUSED = object()       # a live keyframe the encoder thread fused itself
+TIMINGS_KEPT = 10_000   # update / fusion times kept (the latest): bookkeeping never grows with frames
 PRUNE_TO = 0.9          # a pruned map keeps this fraction of max_voxels
 MAP_FORMAT = "pc_ovseg.SemanticMap/1"
 
@@ -54,8 +56,9 @@ class SemanticMap:
     ``encoder``: a view encoder (``EncoderConfig.build()``, an oracle, anything with
     ``encode(View) -> ViewFeatures``) run on keyframes in a worker thread; without one, frames
     fuse only the ``features`` they are given. ``live=True``: when ``pending`` keyframes already
-    wait for the encoder, the oldest waiting one is dropped (a camera does not wait); otherwise
-    ``add_frame`` waits (a recording loses nothing). ``snapshot_path``: the map is written there
+    wait for the encoder, the oldest waiting one is dropped, and keyframes fuse in the encoder
+    thread (a camera does not wait); otherwise ``add_frame`` waits and keyframes fuse in its
+    thread ``fuse_lag`` frames later (a recording loses nothing and maps the same every time). ``snapshot_path``: the map is written there
     (atomically) every ``snapshot_every`` frames.
     """
 
@@ -65,7 +68,7 @@ class SemanticMap:
                  encoder_spec: str | None = None, class_names: list[str] | None = None,
                  depth_scale: float = 1000.0):
         cfg = config or MappingConfig()
-        self.cfg = replace(cfg, voxel_size=float(voxel_size) if config is None else cfg.voxel_size,
+        self.cfg = replace(cfg, voxel_size=float(voxel_size),
                            max_voxels=int(max_voxels) if max_voxels is not None else cfg.max_voxels)
         self.voxel_size = self.cfg.voxel_size
         self.fusion_cfg = fusion or FusionConfig()
@@ -91,7 +94,7 @@ class SemanticMap:
         self.keyframes_dropped = 0         # live: keyframes the encoder could not keep up with
         self.voxels_dropped = 0
         self.points_out_of_range = 0
-        self.timings = {"update": [], "fuse": []}
+        self.timings = {"update": deque(maxlen=TIMINGS_KEPT), "fuse": deque(maxlen=TIMINGS_KEPT)}
         self._version = 0                  # bumps on every change (a query snapshot is reused until then)
         self._generation = 0               # bumps when slots are renumbered (pruning)
         self._remaps: list[tuple[int, np.ndarray]] = []
@@ -254,6 +257,9 @@ class SemanticMap:
                 feats = _DROPPED
                 if self._error is None:
                     feats = self.encoder.encode(encoder_view(entry[1]))
+                    if self.live:  # a live map fuses here: the camera's thread only integrates geometry
+                        self.fuse(entry[1], feats)
+                        feats = _FUSED
             except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
                 self._error, feats = exc, _DROPPED
             finally:
@@ -269,8 +275,9 @@ class SemanticMap:
         A recording (not ``live``) fuses keyframe k when frame k + ``fuse_lag`` has been
         integrated, waiting for its features if the encoder is behind: the map then sees the
         same geometry at each fusion whatever the threads' timing (the same input gives the same
-        map), and voxels first seen just after the keyframe still get its vote. A live map fuses
-        whatever is encoded and due, never waiting."""
+        map), and voxels first seen just after the keyframe still get its vote. A live map's
+        keyframes fuse in the encoder thread as soon as they are encoded (their entries are only
+        cleared here), so the camera's thread never waits for them."""
         due = self.frames - 1 - self.cfg.fuse_lag
         while self._pending:
             entry = self._pending[0]
@@ -283,7 +290,7 @@ class SemanticMap:
             if entry[2] is None:   # live: not encoded yet
                 break
             self._pending.popleft()
-            if entry[2] is not _DROPPED:
+            if entry[2] is not _DROPPED and entry[2] is not _FUSED:
                 self.fuse(entry[1], entry[2])
 
     def _raise_worker_error(self) -> None:
