@@ -214,3 +214,87 @@ def test_run_with_instances_resumes_and_query_answers_with_instances(scene, tmp_
     assert json.loads(r.stdout)["ap50"] >= 0.5
     r = _cli("query", out / "fused.npz", "--text", "bed", "--instances", tmp_path / "none.npz", "--out", tmp_path / "x")
     assert r.returncode == 2 and "none.npz" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+# ---- the viewer shows instances -------------------------------------------------------------------
+KITTI = ["unlabeled", "car", "bicycle", "motorcycle", "truck", "other-vehicle", "person", "bicyclist",
+         "motorcyclist", "road", "parking", "sidewalk", "other-ground", "building", "fence", "vegetation",
+         "trunk", "terrain", "pole", "traffic-sign"]
+
+
+@pytest.fixture(scope="module")
+def kitti_instances(shared_data, tmp_path_factory):
+    """SemanticKITTI seq 00 scan: one-hot GT features and its GT instances (external proposals)
+    beside them, as `pc-ovseg instances` leaves them."""
+    from pc_ovseg.data import FeatureCloud, PointCloud
+    from pc_ovseg.instances import point_features
+    d = shared_data / "semantickitti"
+    xyz = np.load(d / "points_seq00_000000.npy")
+    gt = np.load(d / "labels_seq00_000000.npy").reshape(-1).astype(np.int64)
+    ins = np.load(d / "instances_seq00_000000.npy").reshape(-1).astype(np.int64)
+    fc = FeatureCloud(PointCloud(xyz), np.eye(len(KITTI), dtype=np.float16)[gt], np.ones(len(xyz), np.float32),
+                      np.ones(len(xyz), np.uint16), "labels", KITTI, {})
+    out = tmp_path_factory.mktemp("kitti_inst")
+    fc.save(out / "fused.npz")
+    inst = from_ids(ins, min_points=30)
+    inst.features = point_features(inst, fc)
+    inst.save(out / "instances.npz")
+    return {"path": out / "fused.npz", "inst": inst, "gt": gt}
+
+
+def test_viewer_serves_instances_and_picks_them(kitti_instances):
+    import urllib.request
+
+    from pc_ovseg.viewer import ViewerScene, start_server
+    scene = ViewerScene.from_path(kitti_instances["path"])
+    inst = kitti_instances["inst"]
+    assert scene.instances is not None and len(scene.instances) == len(inst) > 3
+    srv = start_server(scene)
+    try:
+        with urllib.request.urlopen(srv.url + "api/info", timeout=30) as r:
+            info = json.loads(r.read())
+        assert info["instances"]["count"] == len(inst) and len(info["instances"]["boxes"]) == len(inst)
+        with urllib.request.urlopen(srv.url + "api/instances", timeout=30) as r:
+            ids = np.frombuffer(r.read(), "<i4")
+        assert np.array_equal(ids, inst.ids[scene.display_ids])
+        k = int(np.argmax(np.bincount(inst.ids[inst.ids >= 0])))
+        index = int(np.flatnonzero(ids == k)[0])
+        req = urllib.request.Request(srv.url + "api/pick", data=json.dumps({"index": index, "vocabulary": KITTI}).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            d = json.loads(r.read())
+        cls = KITTI[np.bincount(kitti_instances["gt"][inst.ids == k]).argmax()]
+        assert d["instance"] == k and d["instance_topk"][0]["name"] == cls and len(d["instance_topk"]) == 5
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_browser_colours_instances_and_draws_their_boxes(kitti_instances):
+    from pc_ovseg.viewer import BrowserError, ViewerScene, start_server
+    from pc_ovseg.viewer.browser import headless_page, wait_ready
+    scene = ViewerScene.from_path(kitti_instances["path"])
+    srv = start_server(scene)
+    try:
+        with headless_page() as page:
+            errors = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(srv.url + "?mode=instances&size=3", wait_until="load")
+            wait_ready(page)
+            assert page.evaluate("() => pcViewer.state.mode") == "instances"
+            assert page.evaluate("() => pcViewer.boxes.visible") is True
+            n_box = page.evaluate("() => pcViewer.boxes.geometry.attributes.position.count")
+            assert n_box == 24 * len(scene.instances)
+            lut = page.evaluate("() => pcViewer.info.instances.colors")
+            colours = np.array(page.evaluate("() => Array.from(pcViewer.colors)")).reshape(-1, 3)
+            ids = scene.instance_ids()
+            assert (colours[ids >= 0] == np.array(lut)[ids[ids >= 0]]).all()
+            assert "instances" in page.inner_text("#legend")
+            assert errors == []
+    except BrowserError as err:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"headless Chromium is required in CI: {err}")
+        pytest.skip(str(err))
+    finally:
+        srv.shutdown()
+        srv.server_close()

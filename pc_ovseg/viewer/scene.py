@@ -46,6 +46,8 @@ class ViewerScene:
     remap: bool = False
     #: the result header an export declares (pc_ovseg.export): its prediction field and classes
     result_header: dict | None = None
+    #: 3D instances of a result (pc_ovseg.instances; ``instances.npz`` beside a fused.npz)
+    instances: "Instances | None" = None
 
     # -- construction -----------------------------------------------------------------------
     @classmethod
@@ -65,7 +67,13 @@ class ViewerScene:
         if p.endswith(INDEX):  # a tiled run: a voxel level of detail of every tile, at the display budget
             return cls.from_feature_cloud(TiledResult(p).lod(kw.get("max_display_points") or 1_000_000), **kw)
         if p.lower().endswith(".npz") and is_feature_file(p):
-            return cls.from_feature_cloud(FeatureCloud.load(p), **kw)
+            fc = FeatureCloud.load(p)
+            beside = os.path.join(os.path.dirname(p), "instances.npz")
+            if "instances" not in kw and os.path.isfile(beside):
+                from ..instances import Instances
+                inst = Instances.load(beside)
+                kw["instances"] = inst if len(inst.ids) == len(fc.cloud) else None
+            return cls.from_feature_cloud(fc, **kw)
         from ..export import labelset_from_header, read_result_header
         from ..io import read_cloud  # lazily: a result needs no cloud readers
         cloud = read_cloud(p, layout=layout)  # meshes come back as their vertices
@@ -87,6 +95,8 @@ class ViewerScene:
             raise ValueError("query_engine was built for another feature cloud")
         if self.max_display_points < 1:
             raise ValueError("max_display_points must be >= 1")
+        if self.instances is not None and len(self.instances.ids) != len(self.cloud):
+            raise ValueError("instances and cloud differ in length")
         if self.up != "auto" and self.up not in AXES:
             raise ValueError(f"up must be 'auto' or one of {', '.join(AXES)}, got {self.up!r}")
 
@@ -210,6 +220,23 @@ class ViewerScene:
         idx = legend["index"][self.display_ids]
         return np.where(idx >= 0, idx, NO_LABEL).astype(np.uint8)
 
+    # -- instances ------------------------------------------------------------------------------
+    def instance_ids(self) -> np.ndarray | None:
+        """int32 instance of each displayed point (-1: none)."""
+        if self.instances is None:
+            return None
+        return np.ascontiguousarray(self.instances.ids[self.display_ids], np.int32)
+
+    def instance_info(self) -> dict | None:
+        """Count, colours (those of instances.ply), scores and boxes relative to ``centre``."""
+        inst = self.instances
+        if inst is None:
+            return None
+        boxes = inst.boxes(self.cloud) - (self.centre + self.cloud.origin)
+        return {"count": len(inst), "colors": palette(len(inst) + 20)[20:].tolist(),
+                "scores": [round(float(x), 4) for x in inst.scores],
+                "boxes": np.round(boxes, 4).tolist()}
+
     # -- queries --------------------------------------------------------------------------------
     @property
     def queryable(self) -> bool:
@@ -305,6 +332,14 @@ class ViewerScene:
             if legend["none"] is not None:  # named classes: say which
                 k = int(legend["index"][pid])
                 out["class"] = legend["names"][k] if k >= 0 else legend["none"]
+        if self.instances is not None and self.instances.ids[pid] >= 0:
+            kk = int(self.instances.ids[pid])
+            out["instance"] = kk
+            out["instance_points"] = int((self.instances.ids == kk).sum())
+            out["instance_score"] = round(float(self.instances.scores[kk]), 4)
+            if self.queryable and vocabulary and self.instances.features is not None:
+                lab = self.engine.label_instances(self.instances, vocabulary, k=k)
+                out["instance_topk"] = [{"name": n, "score": round(p, 4)} for n, p in lab.top[kk]]
         if self.features is None:
             return out
         fc = self.features

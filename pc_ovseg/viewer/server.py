@@ -147,6 +147,7 @@ class ViewerServer(ThreadingHTTPServer):
             "unseen_rgb": UNSEEN_RGB.tolist(),
             "message": s.message,
             "limits": {"query": MAX_QUERY, "vocabulary": MAX_VOCAB, "name": MAX_NAME},
+            "instances": s.instance_info(),
             "follow": bool(getattr(self, "follow", False)), "version": int(getattr(self, "version", 0)),
         }
 
@@ -239,6 +240,9 @@ class ViewerHandler(BaseHTTPRequestHandler):
         if path == "/api/coverage":
             cov = s.coverage()
             return self._binary(cov) if cov is not None else self._error(404, "a plain cloud has no coverage")
+        if path == "/api/instances":
+            ids = s.instance_ids()
+            return self._binary(ids) if ids is not None else self._error(404, "no instances (pc-ovseg instances)")
         if path == "/api/field_labels":
             fl = s.field_labels()
             return self._binary(fl) if fl is not None else self._error(404, "the cloud has no label field")

@@ -179,6 +179,7 @@ class Viewer {
     this.rgb = info.has_rgb ? await getBinary("/api/colors", Uint8Array) : this.heightColors();
     this.coverage = info.coverage_max != null ? await getBinary("/api/coverage", Uint16Array) : null;
     this.fieldLabels = info.field_labels ? await getBinary("/api/field_labels", Uint8Array) : null;
+    this.instances = info.instances ? await getBinary("/api/instances", Int32Array) : null;
     this.colors = new Uint8Array(n * 3);
     this.geometry = new THREE.BufferGeometry();
     this.geometry.setAttribute("position", new THREE.BufferAttribute(this.positions, 3));
@@ -192,9 +193,27 @@ class Viewer {
     this.marker.geometry.setAttribute("position", new THREE.BufferAttribute(new Float32Array(3), 3));
     this.marker.visible = false; this.marker.frustumCulled = false;
     this.scene.add(this.marker);
+    this.boxes = info.instances ? this.instanceBoxes(info.instances) : null;
+    if (this.boxes) this.scene.add(this.boxes);
     this.resetView();
     this.resize();
     await this.setupUI();
+  }
+
+  instanceBoxes(inst) {  // the 12 edges of every instance's box, in its colour
+    const pos = [], col = [];
+    const edges = [[0, 1], [1, 3], [3, 2], [2, 0], [4, 5], [5, 7], [7, 6], [6, 4], [0, 4], [1, 5], [2, 6], [3, 7]];
+    inst.boxes.forEach(([lo, hi], k) => {
+      const corner = (b) => [b & 1 ? hi[0] : lo[0], b & 2 ? hi[1] : lo[1], b & 4 ? hi[2] : lo[2]];
+      const c = inst.colors[k].map((v) => v / 255);
+      for (const [a, b] of edges) { pos.push(...corner(a), ...corner(b)); col.push(...c, ...c); }
+    });
+    const g = new THREE.BufferGeometry();
+    g.setAttribute("position", new THREE.BufferAttribute(new Float32Array(pos), 3));
+    g.setAttribute("color", new THREE.BufferAttribute(new Float32Array(col), 3));
+    const lines = new THREE.LineSegments(g, new THREE.LineBasicMaterial({ vertexColors: true }));
+    lines.visible = false; lines.frustumCulled = false;
+    return lines;
   }
 
   heightColors() {  // plain clouds without colour: a ramp along the up axis so the shape reads
@@ -253,6 +272,7 @@ class Viewer {
       this.message(info.message);
     }
     if (info.coverage_max == null) modeSel.querySelector('option[value="coverage"]').disabled = true;
+    if (!info.instances) modeSel.querySelector('option[value="instances"]').disabled = true;
     modeSel.addEventListener("change", () => this.setMode(modeSel.value));
     $("size").addEventListener("input", () => this.setPointSize(parseFloat($("size").value)));
     let timer = null;
@@ -366,9 +386,16 @@ class Viewer {
         if (cov[i] === 0) c.set(UNSEEN, i * 3);
         else { const k = Math.round((cov[i] / top) * 255) * 3; c[i * 3] = COVERAGE_LUT[k]; c[i * 3 + 1] = COVERAGE_LUT[k + 1]; c[i * 3 + 2] = COVERAGE_LUT[k + 2]; }
       }
+    } else if (mode === "instances" && this.instances) {
+      const ids = this.instances, lut = this.info.instances.colors, rgb = this.rgb;
+      for (let i = 0; i < n; i++) {
+        if (ids[i] >= 0) c.set(lut[ids[i]], i * 3);
+        else { const g = 40 + ((rgb[i * 3] * 77 + rgb[i * 3 + 1] * 151 + rgb[i * 3 + 2] * 28) >> 9); c[i * 3] = g; c[i * 3 + 1] = g; c[i * 3 + 2] = g; }
+      }
     } else {
       c.set(this.rgb);
     }
+    if (this.boxes) this.boxes.visible = mode === "instances";
     this.colorAttr.needsUpdate = true;
     this.updateLegend();
     this.renderNow();
@@ -400,6 +427,9 @@ class Viewer {
       el.innerHTML = `<div class="ramp" style="background:${cssRamp(COVERAGE_STOPS)}"></div>` +
         `<div class="ramp-labels dim"><span>1</span><span>views</span><span>${this.info.coverage_max}</span></div>` +
         `<div class="legend-item"><span class="swatch" style="background:${cssRGB(UNSEEN)}"></span><span>unseen</span></div>`;
+    } else if (mode === "instances" && this.instances) {
+      const inst = this.info.instances;
+      el.innerHTML = `<div>${inst.count} instances</div><div class="dim">click one for its top-5 classes</div>`;
     } else {
       el.innerHTML = "";
     }
@@ -466,7 +496,11 @@ class Viewer {
     if ("label" in d) rows.push(`<div>label: <strong class="pick-label">${escapeHTML(d.label ?? "unseen")}</strong> · score ${(d.score ?? 0).toFixed(3)}</div>`);
     if (d.view_count != null) rows.push(`<div class="dim">seen by ${d.view_count} views, weight ${d.weight}</div>`);
     if (d.heat) rows.push(`<div class="dim">“${escapeHTML(d.heat.query)}”: ${d.heat.value.toFixed(3)}</div>`);
-    for (const k of Object.keys(d)) if (!["index", "point_id", "xyz", "rgb", "label", "score", "weight", "view_count", "topk", "heat", "note"].includes(k)) rows.push(`<div>${escapeHTML(k)}: ${escapeHTML(d[k])}</div>`);
+    if (d.instance != null) {
+      rows.push(`<div>instance <strong>${d.instance}</strong> · ${d.instance_points.toLocaleString()} points · score ${d.instance_score.toFixed(3)}</div>`);
+      if (d.instance_topk) rows.push(`<table class="topk instance-topk">${d.instance_topk.map((t, i) => `<tr><td>${i + 1}.</td><td>${escapeHTML(t.name)}</td><td class="num">${t.score.toFixed(3)}</td></tr>`).join("")}</table>`);
+    }
+    for (const k of Object.keys(d)) if (!["index", "point_id", "xyz", "rgb", "label", "score", "weight", "view_count", "topk", "heat", "note", "instance", "instance_points", "instance_score", "instance_topk"].includes(k)) rows.push(`<div>${escapeHTML(k)}: ${escapeHTML(d[k])}</div>`);
     if (d.note) rows.push(`<div class="dim">${escapeHTML(d.note)}</div>`);
     if (d.topk && d.topk.length) {
       rows.push(`<table class="topk">${d.topk.map((t, i) => `<tr><td>${i + 1}.</td><td>${escapeHTML(t.name)}</td><td class="num">${t.score.toFixed(3)}</td></tr>`).join("")}</table>`);
