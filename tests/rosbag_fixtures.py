@@ -92,7 +92,7 @@ def write_bag(path, frames, *, ros1: bool = False, pose: str = "pose", storage: 
     """Write ``frames`` (RGBDFrames: colour, depth in metres, camera) as a bag at ``path`` (ROS 1:
     a .bag file; ROS 2: a folder, ``storage`` sqlite3 or mcap). ``pose``: "pose" (PoseStamped of
     the camera), "odom" (Odometry) or "tf"; ``color``: rgb8, bgr8 or png (CompressedImage);
-    ``depth``: 16UC1 (mm) or 32FC1 (m). The rest make broken bags for the error tests."""
+    ``depth``: 16UC1 (mm), 32FC1 (m) or compressedDepth (PNG, mm). The rest make broken bags for the error tests."""
     path = Path(path)
     M = _Msgs(ros1)
     if ros1:
@@ -110,7 +110,9 @@ def write_bag(path, frames, *, ros1: bool = False, pose: str = "pose", storage: 
             return w.add_connection(topic, typ, typestore=M.ts)
         c_rgb = conn("/camera/color/image_raw" if color != "png" else "/camera/color/compressed",
                      "sensor_msgs/msg/Image" if color != "png" else "sensor_msgs/msg/CompressedImage")
-        c_depth = None if no_depth else conn("/camera/depth/image_raw", "sensor_msgs/msg/Image")
+        c_depth = None if no_depth else (
+            conn("/camera/depth/image_raw/compressedDepth", "sensor_msgs/msg/CompressedImage")
+            if depth == "compressedDepth" else conn("/camera/depth/image_raw", "sensor_msgs/msg/Image"))
         c_info = conn("/camera/color/camera_info", "sensor_msgs/msg/CameraInfo")
         c_pose = c_tf = c_static = None
         if pose == "pose":
@@ -154,7 +156,15 @@ def write_bag(path, frames, *, ros1: bool = False, pose: str = "pose", storage: 
             else:
                 img = f.color if color == "rgb8" else np.ascontiguousarray(f.color[..., ::-1])
                 put(c_rgb, tc, M.image(tc, cam_frame, img, color))
-            if c_depth is not None:
+            if c_depth is not None and depth == "compressedDepth":
+                # compressed_depth_image_transport: a 12-byte config header, then a 16-bit PNG
+                from PIL import Image
+                b = io.BytesIO()
+                Image.fromarray(np.round(f.depth * 1000).astype(np.uint16)).save(b, "PNG")
+                data = np.frombuffer(b"\0" * 12 + b.getvalue(), np.uint8)
+                put(c_depth, t, M.T["sensor_msgs/msg/CompressedImage"](
+                    header=M.header(t, cam_frame), format="16UC1; compressedDepth png", data=data))
+            elif c_depth is not None:
                 if depth == "16UC1":
                     arr, enc = np.round(f.depth * 1000).astype(np.uint16), "16UC1"
                 else:

@@ -267,3 +267,17 @@ def test_viewer_follows_a_growing_map(kitchen, tmp_path):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_folder_frames_with_lost_tracking_are_skipped_and_counted(shared_data, tmp_path):
+    from pc_ovseg.mapping import map_input
+    src, folder = shared_data / "7scenes-redkitchen", tmp_path / "seq"
+    folder.mkdir()
+    for k in (0, 10, 20, 30):
+        name = f"frame-{k:06d}"
+        for part in ("color.jpg", "depth.png"):
+            (folder / f"{name}.{part}").symlink_to(src / f"{name}.{part}")
+        pose = (src / f"{name}.pose.txt").read_text() if k != 20 else "nan " * 16
+        (folder / f"{name}.pose.txt").write_text(pose)
+    summary = map_input(folder, tmp_path / "out", MappingConfig(), geometry_only=True, progress=False)
+    assert summary["frames"] == 3 and summary["skipped"]["invalid_pose"] == 1

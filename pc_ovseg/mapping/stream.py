@@ -27,13 +27,20 @@ def open_frames(path, cfg: MappingConfig | None = None) -> tuple[Iterator[RGBDFr
                               camera_frame=cfg.camera_frame)
         idx = range(0, len(bag), cfg.every)
         return bag.iter_frames(idx), len(idx), {"source": "rosbag", **bag.summary()}
+    import re
+    import warnings
+
     from ..io import read_frames
-    seq = read_frames(path)
+    with warnings.catch_warnings(record=True) as caught:  # the readers skip frames of lost tracking
+        warnings.simplefilter("always")
+        seq = read_frames(path)
+    skipped = sum(int(m.group(1)) for w in caught
+                  for m in [re.search(r"skipped (\d+) frames with invalid", str(w.message))] if m)
     if not seq.has_depth:
         from ..errors import InputError
         raise InputError(seq.source, "frames have no depth: a map is built from depth")
     idx = range(0, len(seq), cfg.every)
-    return (seq[i] for i in idx), len(idx), {"source": "frames", "frames": len(seq)}
+    return (seq[i] for i in idx), len(idx), {"source": "frames", "frames": len(seq), "skipped_invalid_pose": skipped}
 
 
 def map_input(path, out_dir, cfg: MappingConfig | None = None, encoder_cfg=None, *, encoder=None,
