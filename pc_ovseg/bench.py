@@ -100,13 +100,17 @@ def bench_scene(job: BenchJob, state: _State, name: str) -> dict:
     from .tiles import tile_budget
     budget = tile_budget(gt.cloud, cfg.scale) if gt.frames is None and not b.features else None
     if budget is not None:  # a big frame-less scene (a SensatUrban block): tile by tile
+        if cfg.instances.enabled:
+            raise InputError(gt.source, f"--instances works on one cloud, not tiles yet ({len(gt.cloud):,} points "
+                                        f"is more than --tile-points); add --tiles off")
         return _bench_tiled(job, state, name, gt, sdir, budget, t0)
     if b.features:
         fc = precomputed_features(b.features, name, gt.cloud, b.features_encoder or getattr(state.text_encoder, "spec", ""))
     else:
         if b.oracle:
             from .oracle import OracleLabels
-            enc = OracleLabels(gt.labels, ls.class_names, noise=b.noise, seed=b.seed)
+            inst = gt.instances if cfg.instances.enabled else None   # masks = the GT instances
+            enc = OracleLabels(gt.labels, ls.class_names, noise=b.noise, seed=b.seed, instances=inst)
         else:
             enc = state.view_encoder
         data = gt.frames if gt.frames is not None else (gt.mesh if gt.mesh is not None else gt.cloud)
@@ -118,6 +122,8 @@ def bench_scene(job: BenchJob, state: _State, name: str) -> dict:
     fc.save(sdir / "fused.npz")
     info["coverage_fused"] = round(fc.coverage, 6)
     text = state.text_encoder if not (b.oracle or fc.encoder.startswith("labels:")) else None
+    if cfg.instances.enabled:
+        info.update(_scene_instances(fc, stats, sdir, cfg, gt, text))
     if state.distilled is not None:
         fc = ensemble_with_distilled(fc, state.distilled, ls.vocabulary(), sdir, tta=cfg.output.tta,
                                      device=cfg.encoder.device, text_encoder=text)
@@ -135,6 +141,54 @@ def bench_scene(job: BenchJob, state: _State, name: str) -> dict:
            "frames": len(gt.frames) if gt.frames is not None else 0, "worker_pid": os.getpid()}
     write_json(sdir / "result.json", out)
     return out
+
+
+INSTANCE_STUFF = ("wall", "floor", "ceiling")   # not instances in ScanNet's benchmark
+
+
+def _scene_instances(fc, stats, sdir: Path, cfg: RunConfig, gt, text) -> dict:
+    """The scene's instances (exported as `pc-ovseg instances` does) and what the split's instance
+    AP needs of them: per point the predicted instance and the GT, per instance class and confidence."""
+    from .instances import Instances
+    from .pipeline import instances_stage
+    from .query import QueryEngine
+    ls = gt.labelset
+    t = time.perf_counter()
+    instances_stage(fc, stats, sdir, cfg, vocabulary=ls.vocabulary(), text_encoder=text)
+    inst = Instances.load(sdir / "instances.npz")
+    out = {"instances": len(inst), "instance_seconds": round(time.perf_counter() - t, 3)}
+    if gt.instances is not None:
+        lab = QueryEngine(fc, text_encoder=text).label_instances(inst, ls.vocabulary())
+        cls = np.asarray(ls.ids, np.int64)[lab.labels] if len(inst) else np.zeros(0, np.int64)
+        np.savez_compressed(sdir / "instance_eval.npz", pred=inst.ids.astype(np.int32), label=cls,
+                            score=(lab.confidence * inst.scores).astype(np.float32),
+                            gt_sem=np.asarray(gt.labels, np.int32), gt_inst=np.asarray(gt.instances, np.int32))
+    return out
+
+
+def split_instance_ap(outp: Path, names: list[str], ls) -> dict | None:
+    """Instance AP of the split: every scene's instances pooled per class, as the script pools them."""
+    from .eval_instances import InstancePrediction, evaluate_instances
+    scenes = []
+    for n in names:
+        p = outp / _safe(n) / "instance_eval.npz"
+        if not p.is_file():
+            continue
+        with np.load(p) as z:
+            ids = z["pred"].astype(np.int64)
+            order = np.argsort(ids, kind="stable")
+            starts = np.searchsorted(ids[order], np.arange(len(z["score"]) + 1))
+            preds = [InstancePrediction(order[starts[k]:starts[k + 1]], int(z["label"][k]), float(z["score"][k]))
+                     for k in range(len(z["score"]))]
+            scenes.append((preds, z["gt_sem"].astype(np.int64), z["gt_inst"].astype(np.int64)))
+    if not scenes:
+        return None
+    evaluated = [int(i) for i, n in zip(ls.ids, ls.names) if n not in INSTANCE_STUFF]
+    names_ev = [n for n in ls.names if n not in INSTANCE_STUFF]
+    sem = evaluate_instances(scenes, evaluated, names_ev)
+    agn = evaluate_instances(scenes, evaluated, names_ev, class_agnostic=True)
+    return {"instance_ap": sem.to_json(), "instance_ap_class_agnostic": agn.to_json(),
+            "instance_scenes": len(scenes), "instance_classes": names_ev}
 
 
 def _bench_tiled(job: BenchJob, state: _State, name: str, gt, sdir: Path, budget: int, t0: float) -> dict:
@@ -227,6 +281,8 @@ def run_bench(dataset: str, root, out, cfg: RunConfig | None = None, bench: Benc
         raise InputError(None, "--oracle and --features are two sources of 2D features: give one")
     if bench.features:
         features_dir(bench.features)   # a wrong folder is one error now, not one per scene
+    if bench.features and cfg.instances.enabled:
+        raise InputError(None, "--instances needs each view's 2D masks; precomputed --features have none")
     names = ds.scenes(bench.split)
     if bench.scenes:
         want = [s.strip() for s in bench.scenes.split(",") if s.strip()]
@@ -243,6 +299,7 @@ def run_bench(dataset: str, root, out, cfg: RunConfig | None = None, bench: Benc
     outp.mkdir(parents=True, exist_ok=True)
     sc = cfg.scale
     key = digest(dataset, os.path.abspath(ds.root), ls.name, bench.result_parts(), cfg.cache_parts(),
+                 asdict(cfg.instances),
                  file_stamp(cfg.output.distilled), [sc.tiles, sc.tile_points, sc.tile_halo], length=16)
     done = {n: r for n in names if (r := finished(outp / _safe(n) / "result.json", key)) is not None}
     todo = [n for n in names if n not in done]
@@ -274,6 +331,8 @@ def run_bench(dataset: str, root, out, cfg: RunConfig | None = None, bench: Benc
                                                        f"{len(ordered)} scenes")
     else:
         summary.update(miou=None, macc=None, coverage=None)
+    if cfg.instances.enabled:
+        summary.update(split_instance_ap(outp, [r["scene"] for r in ordered], ls) or {})
     secs = [r["seconds"] for r in ordered]
     summary["per_scene"] = {"seconds_mean": round(float(np.mean(secs)), 3) if secs else None,
                             "peak_rss_mb_max": max((r.get("peak_rss_mb") or 0 for r in ordered), default=None),
@@ -314,8 +373,16 @@ def results_markdown(s: dict) -> str:
              "| method | mIoU | mAcc | coverage | note |", "|---|---|---|---|---|",
              f"| **pc_ovseg (this run)** | {pct(s.get('miou'))} | {pct(s.get('macc'))} | {pct(s.get('coverage'))} | "
              f"{s['scenes_done']} scenes |"]
-    for r in published_rows(s["dataset"], s["labelset"]):
+    for r in (r for r in published_rows(s["dataset"], s["labelset"]) if "miou" in r):
         lines.append(f"| {r['method']} | {r.get('miou', '-')} | {r.get('macc', '-')} | - | {r['note']} ([source]({r['source']})) |")
+    if s.get("instance_ap"):
+        a, c = s["instance_ap"], s["instance_ap_class_agnostic"]
+        lines += ["", "| instances | AP | AP50 | AP25 | note |", "|---|---|---|---|---|",
+                  f"| **pc_ovseg (this run)** | {pct(a['ap'])} | {pct(a['ap50'])} | {pct(a['ap25'])} | "
+                  f"{s['instance_scenes']} scenes, {len(s['instance_classes'])} classes |",
+                  f"| pc_ovseg class-agnostic | {pct(c['ap'])} | {pct(c['ap50'])} | {pct(c['ap25'])} | proposals only |"]
+        for r in (r for r in published_rows(s["dataset"], s["labelset"]) if "instance_ap" in r):
+            lines.append(f"| {r['method']} | {r['instance_ap']} | - | - | {r['note']} ([source]({r['source']})) |")
     if s.get("groups"):
         lines += ["", "| group | mIoU | classes present |", "|---|---|---|"]
         lines += [f"| {g} | {pct(v['miou'])} | {v['classes_present']} / {v['classes']} |" for g, v in s["groups"].items()]

@@ -558,6 +558,11 @@ def _bench_args(p):
     config_options(p, "output", OutputConfig, skip=("labels",), title="labels")
     p.add_argument("--labels", dest="output.labels", default=argparse.SUPPRESS,
                    help="label set the split is scored in (default: the dataset's first, e.g. scannet20)")
+    from .config import InstancesConfig
+    p.add_argument("--instances", action="store_true",
+                   help="also make 3D instances per scene and score the split by instance AP / AP50 / AP25 "
+                        "(ScanNet's evaluate_semantic_instance.py); with --oracle the 2D masks are the GT instances")
+    config_options(p, "instances", InstancesConfig, title="3D instances")
 
 
 @command("bench", "run and score a whole dataset split in its official layout (locally or on Ray)")
@@ -565,7 +570,9 @@ def _bench_args(p):
 def cmd_bench(args) -> int:
     from .bench import run_bench
     from .config import BenchConfig, _build
-    cfg = run_config(args, ("views", "encoder", "output", "scale"))
+    cfg = run_config(args, ("views", "encoder", "output", "scale", "instances"))
+    if args.instances:
+        cfg.instances.enabled = True
     if args.dump_config:
         print(cfg.dump(), end="")
         return 0
@@ -583,6 +590,10 @@ def cmd_bench(args) -> int:
               f"mAcc {pct(s['macc'])}, coverage {pct(s['coverage'])}, {s['seconds']:.1f} s")
         for g, v in (s.get("groups") or {}).items():
             print(f"  {g}: mIoU {pct(v['miou'])} ({v['classes_present']} classes present)")
+        if s.get("instance_ap"):
+            a, c = s["instance_ap"], s["instance_ap_class_agnostic"]
+            print(f"  instances: AP {pct(a['ap'])}, AP50 {pct(a['ap50'])}, AP25 {pct(a['ap25'])}; class-agnostic "
+                  f"AP {pct(c['ap'])}, AP50 {pct(c['ap50'])}, AP25 {pct(c['ap25'])}")
         for n, v in s["failed"].items():
             print(f"  failed {n}: {v['error']}")
         print(f"  wrote {os.path.join(args.out, 'results.json')}, results.md, iou.png")
