@@ -322,25 +322,25 @@ class MappingConfig(_Checked):
     """``pc-ovseg map``: posed RGB-D frames (a folder, manifest or ROS bag) streamed into a voxel map."""
 
     voxel_size: float = option(0.05, "map voxel size (m)", check=Num(float, 0.001, 10))
-    every: int = option(1, "use every Nth input frame", check=Num(int, 1, 100_000))
+    every: int = option(1, "use every Nth input frame", check=Num(int, 1, 100_000), metavar="N")
     keyframe_every: int = option(10, "run the 2D model on every Nth used frame (0 = only when the view moved "
-                                     "or turned enough)", check=Num(int, 0, 100_000))
+                                     "or turned enough)", check=Num(int, 0, 100_000), metavar="N")
     keyframe_move: float = option(0.5, "also a keyframe once the camera moved this far (m) since the last one "
                                        "(0 = off)", check=Num(float, 0, 1000), metavar="M")
     keyframe_turn: float = option(30.0, "also a keyframe once the camera turned this far (degrees) since the last "
                                         "one (0 = off)", check=Num(float, 0, 360), metavar="DEG")
     max_voxels: int = option(2_000_000, "voxel budget: past it the least observed voxels are dropped (down to "
-                                        "9 in 10 of it)", check=Num(int, 1000, 10**9))
+                                        "9 in 10 of it)", check=Num(int, 1000, 10**9), metavar="N")
     snapshot_every: int = option(100, "write the map every N used frames, so a crash loses at most that many "
-                                      "(0 = only at the end)", check=Num(int, 0, 10**9))
+                                      "(0 = only at the end)", check=Num(int, 0, 10**9), metavar="N")
     normals: bool = option(False, "weigh keyframe observations by viewing angle too, with normals from the "
                                   "keyframe's depth (batch runs on RGB-D have no normals, so off fuses as they do)",
                            flag="")
     fuse_lag: int = option(5, "a keyframe's features fuse this many frames after it (the voxels first seen "
                               "just after it get its vote too; queries see them that much later)",
-                           check=Num(int, 0, 10_000))
+                           check=Num(int, 0, 10_000), metavar="N")
     pending: int = option(2, "keyframes waiting for the 2D model at most; a live stream drops the oldest past "
-                             "it, a recording waits", check=Num(int, 1, 1000))
+                             "it, a recording waits", check=Num(int, 1, 1000), metavar="N")
     topics: str | None = option(None, "ROS bag: the topics to use, comma-separated (default: chosen by type: "
                                       "colour and depth images, camera info, pose or /tf)", metavar="T1,T2")
     sync: float = option(0.02, "ROS bag: colour, depth and pose stamps match within this many seconds",
