@@ -35,11 +35,23 @@ def _color(cloud: PointCloud) -> np.ndarray:
     return cloud.rgb.astype(np.float32) / 255.0 - 0.5
 
 
+def _normals(cloud: PointCloud) -> np.ndarray:
+    """|n_z| of the unit normal (verticality: 1 on floors/roads, 0 on walls), rotation-invariant
+    about z so augmentation needs no normal rotation; the cloud's normals or kNN PCA ones."""
+    n = cloud.normals
+    if n is None:
+        from ..geometry import estimate_normals
+        n = estimate_normals(cloud.xyz) if len(cloud) >= 3 else np.tile([0, 0, 1], (len(cloud), 1))
+    n = np.asarray(n, np.float32)
+    return np.abs(n[:, 2:3] / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12))
+
+
 #: input feature name -> (channels, fn(cloud) -> (N, channels) float32); geometry-only: ones/height
 INPUT_FEATURES: dict[str, tuple[int, Callable[[PointCloud], np.ndarray]]] = {
     "ones": (1, _ones),
     "height": (1, _height),
     "color": (3, _color),
+    "normals": (1, _normals),
 }
 
 
@@ -95,12 +107,15 @@ class VoxelScene:
     inverse: np.ndarray              # (N,) int64
     target: np.ndarray | None = None  # (M, D) float32 L2-normalised mean of seen point features
     valid: np.ndarray | None = None   # (M,) bool voxels with a target
+    labels: np.ndarray | None = None  # (M,) int64 majority GT label of the voxel's points, -1 none
 
 
 def voxelize_scene(cloud: PointCloud, voxel_size: float, inputs: str, *, transform: np.ndarray | None = None,
                    shift: np.ndarray | None = None, jitter: float = 0.0, rng: np.random.Generator | None = None,
-                   features: np.ndarray | None = None, seen: np.ndarray | None = None) -> VoxelScene:
-    """Transform (3x3, about the cloud's centre), jitter, voxelise; average inputs (and targets) per voxel."""
+                   features: np.ndarray | None = None, seen: np.ndarray | None = None,
+                   labels: np.ndarray | None = None) -> VoxelScene:
+    """Transform (3x3, about the cloud's centre), jitter, voxelise; average inputs (and targets) per
+    voxel; ``labels`` (per point, -1 = none) give each voxel its majority label."""
     xyz = cloud.xyz.astype(np.float64)
     centre = (xyz.min(0) + xyz.max(0)) / 2 if len(xyz) else np.zeros(3)
     xyz = xyz - centre
@@ -123,7 +138,23 @@ def voxelize_scene(cloud: PointCloud, voxel_size: float, inputs: str, *, transfo
         norm = np.linalg.norm(t, axis=1, keepdims=True)
         scene.valid = (n_seen > 0) & (norm[:, 0] > 0)
         scene.target = np.divide(t, norm, out=np.zeros_like(t), where=norm > 0)
+    if labels is not None:
+        scene.labels = voxel_majority(np.asarray(labels).reshape(-1), inverse, len(coords))
     return scene
+
+
+def voxel_majority(labels: np.ndarray, inverse: np.ndarray, m: int) -> np.ndarray:
+    """(m,) int64: the most frequent label >= 0 among each voxel's points, -1 where none has one."""
+    keep = labels >= 0
+    out = np.full(m, -1, np.int64)
+    if not keep.any():
+        return out
+    lab, inv = labels[keep].astype(np.int64), inverse[keep].astype(np.int64)
+    C = int(lab.max()) + 1
+    counts = np.bincount(inv * C + lab, minlength=m * C).reshape(m, C)
+    has = counts.sum(1) > 0
+    out[has] = counts[has].argmax(1)
+    return out
 
 
 def _index_add(out: np.ndarray, idx: np.ndarray, src: np.ndarray) -> None:

@@ -324,6 +324,54 @@ class SparseBatchNorm(nn.BatchNorm1d):
         return x.replace(super().forward(x.feats))
 
 
+class SparseSyncBatchNorm(SparseBatchNorm):
+    """Batch norm whose statistics are summed over all processes of the torchrun group.
+
+    torch's ``nn.SyncBatchNorm`` refuses CPU tensors, so this one all-reduces (count, sum, sum of
+    squares) itself through ``torch.distributed.nn`` (differentiable; gloo and NCCL). Same
+    parameters and buffers as :class:`SparseBatchNorm`, so checkpoints are interchangeable; outside
+    a process group (or in eval mode) it is a plain batch norm.
+    """
+
+    def forward(self, x: SparseTensor) -> SparseTensor:  # type: ignore[override]
+        import torch.distributed as dist
+        if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce
+        f = x.feats
+        f32 = f.float()
+        C = f.shape[1]
+        n = torch.full((1,), float(f.shape[0]), device=f.device)
+        stats = all_reduce(torch.cat([f32.sum(0), (f32 * f32).sum(0), n]))
+        count = stats[-1].clamp_min(1)
+        mean = stats[:C] / count
+        var = (stats[C:2 * C] / count - mean * mean).clamp_min(0)
+        if self.track_running_stats:
+            with torch.no_grad():
+                m = self.momentum if self.momentum is not None else 0.1
+                self.running_mean.mul_(1 - m).add_(m * mean.detach())
+                unbiased = var.detach() * count / (count - 1).clamp_min(1)
+                self.running_var.mul_(1 - m).add_(m * unbiased)
+                self.num_batches_tracked.add_(1)
+        y = (f32 - mean) * torch.rsqrt(var + self.eps)
+        if self.affine:
+            y = y * self.weight + self.bias
+        return x.replace(y.to(f.dtype))
+
+
+def convert_sync_batchnorm(module: nn.Module) -> nn.Module:
+    """Replace every :class:`SparseBatchNorm` of ``module`` by a :class:`SparseSyncBatchNorm`
+    (weights and running statistics kept)."""
+    if isinstance(module, SparseBatchNorm) and not isinstance(module, SparseSyncBatchNorm):
+        new = SparseSyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
+                                  module.track_running_stats)
+        new.load_state_dict(module.state_dict())
+        return new
+    for name, child in module.named_children():
+        setattr(module, name, convert_sync_batchnorm(child))
+    return module
+
+
 class SparseReLU(nn.ReLU):
     def forward(self, x: SparseTensor) -> SparseTensor:  # type: ignore[override]
         return x.replace(super().forward(x.feats))

@@ -18,7 +18,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -108,6 +108,31 @@ def cosine_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (1 - F.cosine_similarity(pred.float(), target.float(), dim=1, eps=1e-8)).mean()
 
 
+#: loss names: "cosine" (OpenScene's 1 - cos to the fused target), "cosine+contrast" (plus a
+#: cross-entropy of cos(pred, vocabulary) / temperature against the target's nearest vocabulary
+#: entry), "ce" (supervised upper bound: cross-entropy of the raw outputs on per-voxel GT labels)
+LOSSES = ("cosine", "cosine+contrast", "ce")
+SCHEDULES = ("cosine", "poly", "constant")
+
+
+def distill_loss(kind: str, pred: torch.Tensor, target: torch.Tensor | None, valid: torch.Tensor | None,
+                 labels: torch.Tensor | None = None, vocab: torch.Tensor | None = None,
+                 temperature: float = 0.07, contrast_weight: float = 1.0) -> torch.Tensor:
+    """One step's loss over a batch's voxels (see :data:`LOSSES`)."""
+    if kind == "ce":
+        keep = labels >= 0
+        return F.cross_entropy(pred[keep].float(), labels[keep]) if keep.any() else pred.sum() * 0
+    if valid is None or not valid.any():
+        return pred.sum() * 0
+    p, t = pred[valid].float(), target[valid].float()
+    loss = cosine_loss(p, t)
+    if kind == "cosine+contrast":
+        v = F.normalize(vocab.float(), dim=1)
+        logits = F.normalize(p, dim=1) @ v.T / temperature
+        loss = loss + contrast_weight * F.cross_entropy(logits, (t @ v.T).argmax(1))
+    return loss
+
+
 @dataclass(eq=False)
 class Trainer:
     """One run's model, optimiser, cosine schedule, counters and time budget.
@@ -134,6 +159,16 @@ class Trainer:
     t0: float = 0.0                      # perf_counter at the run's start
     max_minutes: float | None = None
     last_step_s: float = 0.0             # duration of the last step: the estimate of the next one
+    clock: Callable[[], float] = time.perf_counter   # what the budget and loss rows' times count
+    loss: str = "cosine"                 # one of LOSSES
+    vocab: torch.Tensor | None = None    # (C, D) for "cosine+contrast"
+    temperature: float = 0.07
+    contrast_weight: float = 1.0
+    schedule: str = "cosine"             # "cosine": per epoch over `epochs`; "poly"/"constant": per step
+    total_steps: int | None = None       # poly: progress = max(step / total_steps, time used / budget)
+    base_lr: float = 1e-3
+    val_curve: list = field(default_factory=list)   # (step, value) of validations, drawn in the PNG
+    val_name: str = ""
 
     @property
     def deadline(self) -> float | None:
@@ -143,11 +178,22 @@ class Trainer:
     def setup(cls, spec: UNetSpec, out_ckpt: str | os.PathLike, *, epochs: int, meta: dict, lr: float = 1e-3,
               weight_decay: float = 1e-4, device: str | torch.device | None = None, amp: bool = True,
               resume: bool = True, seed: int = 0, max_minutes: float | None = None,
-              t0: float | None = None) -> "Trainer":
-        """Join the torchrun group (if any), build model and AdamW, resume from ``out_ckpt`` when it
-        exists. ``t0`` (perf_counter) is when the run began: loss rows' times and the
-        ``max_minutes`` budget count from it."""
-        t0 = time.perf_counter() if t0 is None else t0
+              t0: float | None = None, clock: Callable[[], float] = time.perf_counter,
+              optimizer: str = "adamw", schedule: str = "cosine", total_steps: int | None = None,
+              loss: str = "cosine", vocab: np.ndarray | None = None, temperature: float = 0.07,
+              contrast_weight: float = 1.0, sync_bn: bool = True) -> "Trainer":
+        """Join the torchrun group (if any), build model and AdamW (or Adam), resume from ``out_ckpt``
+        when it exists. ``t0`` (a reading of ``clock``: wall time by default, ``time.process_time``
+        for CPU-second budgets) is when the run began: loss rows' times and the ``max_minutes``
+        budget count from it. Under DDP with ``sync_bn`` the batch norms share their statistics
+        across processes (:class:`~pc_ovseg.backbone.sparse.SparseSyncBatchNorm`)."""
+        if loss not in LOSSES:
+            raise ValueError(f"unknown loss {loss!r}; choose from {LOSSES}")
+        if schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {schedule!r}; choose from {SCHEDULES}")
+        if loss == "cosine+contrast" and vocab is None:
+            raise ValueError("the contrastive loss needs the vocabulary's embeddings (vocab)")
+        t0 = clock() if t0 is None else t0
         rank, world, local_rank = _dist_info()
         if world > 1 and not dist.is_initialized():
             backend = "nccl" if torch.cuda.is_available() and device not in ("cpu",) else "gloo"
@@ -158,18 +204,50 @@ class Trainer:
             torch.cuda.set_device(dev)
         out_ckpt = Path(out_ckpt)
         torch.manual_seed(seed)
-        model = MinkUNet(spec).to(dev)
-        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+        model = MinkUNet(spec)
+        if world > 1 and sync_bn:
+            from .sparse import convert_sync_batchnorm
+            model = convert_sync_batchnorm(model)
+        model = model.to(dev)
+        if optimizer == "adam":
+            opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+        elif optimizer == "adamw":
+            opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+        else:
+            raise ValueError(f"unknown optimizer {optimizer!r}; choose adam or adamw")
         state = _resume(out_ckpt, spec, model, opt) if resume and out_ckpt.exists() else TrainState()
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda e: 0.5 * (1 + math.cos(math.pi * min(e, epochs) / max(epochs, 1))),
-            last_epoch=state.epoch - 1)
+        epoch_factor = ((lambda e: 0.5 * (1 + math.cos(math.pi * min(e, epochs) / max(epochs, 1))))
+                        if schedule == "cosine" else (lambda e: 1.0))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, epoch_factor, last_epoch=state.epoch - 1)
         net = model
         if world > 1:
             net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
         use_amp = amp and dev.type == "cuda"
+        v = None if vocab is None else torch.as_tensor(np.asarray(vocab, np.float32), device=dev)
         return cls(model, net, opt, sched, torch.amp.GradScaler("cuda", enabled=use_amp), state, spec, out_ckpt,
-                   epochs, meta, dev, use_amp, rank, world, t0, max_minutes)
+                   epochs, meta, dev, use_amp, rank, world, t0, max_minutes, clock=clock, loss=loss, vocab=v,
+                   temperature=temperature, contrast_weight=contrast_weight, schedule=schedule,
+                   total_steps=total_steps, base_lr=lr)
+
+    def progress(self, now: float | None = None) -> float:
+        """Share of the run done (0..1): steps of ``total_steps`` or time of the budget, the larger."""
+        p = 0.0
+        if self.total_steps:
+            p = self.state.step / self.total_steps
+        if self.max_minutes is not None:
+            now = self.clock() if now is None else now
+            p = max(p, (now - self.t0) / (60 * self.max_minutes))
+        return min(max(p, 0.0), 1.0)
+
+    def _set_step_lr(self, now: float) -> None:
+        if self.schedule == "poly":
+            f = (1 - self.progress(now)) ** 0.9
+        elif self.schedule == "constant":
+            f = 1.0
+        else:
+            return  # per-epoch cosine: LambdaLR
+        for g in self.opt.param_groups:
+            g["lr"] = self.base_lr * f
 
     def out_of_time(self, now: float) -> bool:
         """Would a step starting ``now`` end past the deadline, if it takes as long as the last
@@ -184,18 +262,19 @@ class Trainer:
         for each step as of its start, once its batch is made (so a finished epoch is never taken
         for a stopped one); a stopped epoch does not count and does not advance the schedule."""
         self.model.train()
-        losses, stopped = [], self.out_of_time(time.perf_counter())
+        losses, stopped = [], self.out_of_time(self.clock())
         it = iter(batches)
         while not stopped:
-            started = time.perf_counter()
+            started = self.clock()
             batch = next(it, None)
             if batch is None:
                 break
             if self.out_of_time(started):
                 stopped = True
                 break
+            self._set_step_lr(started)
             losses.append(self._step(batch))
-            end = time.perf_counter()
+            end = self.clock()
             self.last_step_s = end - started
             s = self.state
             s.step += 1
@@ -215,11 +294,18 @@ class Trainer:
     def _step(self, batch: list[VoxelScene]) -> float:
         dev = self.device
         coords, feats, _ = collate(batch, dev)
-        target = torch.from_numpy(np.concatenate([b.target for b in batch])).to(dev)
-        valid = torch.from_numpy(np.concatenate([b.valid for b in batch])).to(dev)
+        target = valid = labels = None
+        if self.loss == "ce":
+            if any(b.labels is None for b in batch):
+                raise InputError(None, "the supervised loss needs per-point GT labels in every scene")
+            labels = torch.from_numpy(np.concatenate([b.labels for b in batch])).to(dev)
+        else:
+            target = torch.from_numpy(np.concatenate([b.target for b in batch])).to(dev)
+            valid = torch.from_numpy(np.concatenate([b.valid for b in batch])).to(dev)
         with torch.autocast(dev.type, dtype=torch.float16, enabled=self.amp):
             pred = self.net(SparseTensor(feats, coords)).feats
-        loss = cosine_loss(pred[valid], target[valid]) if valid.any() else pred.sum() * 0
+        loss = distill_loss(self.loss, pred, target, valid, labels, self.vocab, self.temperature,
+                            self.contrast_weight)
         self.opt.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.opt)
@@ -234,7 +320,8 @@ class Trainer:
         save_checkpoint({"format": CKPT_FORMAT, "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
                          "spec": self.spec.to_dict(), "epoch": s.epoch, "steps": s.step, "history": s.history,
                          **self.meta}, self.out_ckpt)
-        write_loss_curve(s.history, self.out_ckpt.with_suffix(".loss.csv"), self.out_ckpt.with_suffix(".loss.png"))
+        write_loss_curve(s.history, self.out_ckpt.with_suffix(".loss.csv"), self.out_ckpt.with_suffix(".loss.png"),
+                         val=self.val_curve, val_name=self.val_name)
 
 
 def _resume(path: Path, spec: UNetSpec, model, opt) -> TrainState:
@@ -331,9 +418,11 @@ def _any_across(flag: bool, world: int, dev: torch.device) -> bool:
     return bool(t.item())
 
 
-def write_loss_curve(history: list[dict], csv_path: Path, png_path: Path | None = None, size=(640, 360)) -> None:
+def write_loss_curve(history: list[dict], csv_path: Path, png_path: Path | None = None, size=(640, 360),
+                     val: list | None = None, val_name: str = "") -> None:
     """Per-step losses as CSV (``started``/``seconds``: the step's start and end, seconds since the
-    run began) and a small PNG line plot (drawn with PIL, no plotting dependency)."""
+    run began) and a small PNG line plot (drawn with PIL, no plotting dependency); ``val``
+    (step, value) pairs of validations are drawn in blue on their own 0..1 scale."""
     with open(csv_path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=LOSS_COLUMNS)  # rows of older runs have no "started"
         w.writeheader()
@@ -359,4 +448,13 @@ def write_loss_curve(history: list[dict], csv_path: Path, png_path: Path | None 
     d.text((4, pad - 6), f"{hi:.3f}", fill="black")
     d.text((4, H - pad - 6), f"{lo:.3f}", fill="black")
     d.text((W - pad - 60, H - pad + 8), f"step {history[-1]['step']}", fill="black")
+    if val:
+        s0, s1 = history[0]["step"], max(history[-1]["step"], history[0]["step"] + 1)
+        pts = [(pad + (W - 2 * pad) * (st - s0) / (s1 - s0), H - pad - (H - 2 * pad) * min(max(v, 0.0), 1.0))
+               for st, v in val]
+        if len(pts) > 1:
+            d.line(pts, fill=(40, 80, 200), width=2)
+        for x, y in pts:
+            d.ellipse([x - 3, y - 3, x + 3, y + 3], fill=(40, 80, 200))
+        d.text((W - pad - 200, 8), f"validation {val_name} (0..1): last {val[-1][1]:.3f}", fill=(40, 80, 200))
     img.save(png_path)
