@@ -82,11 +82,16 @@ def predict(ckpt: str | os.PathLike | Distilled, cloud: PointCloud, *, tta: int 
                         {"distilled": d.source, "tta": tta, "voxel_size": d.voxel_size, "inputs": d.inputs})
 
 
-def ensemble(fused: FeatureCloud, distilled: FeatureCloud, text_emb: np.ndarray) -> FeatureCloud:
-    """Per point, the feature (2D fused or 3D distilled) whose best class score is higher.
+def ensemble(fused: FeatureCloud, distilled: FeatureCloud, text_emb: np.ndarray, *, mode: str = "score"
+             ) -> FeatureCloud:
+    """Per point, the feature (2D fused or 3D distilled) whose best class score is higher
+    (``mode="score"``, OpenScene's rule), or the 2D feature wherever a view saw the point and the
+    3D one elsewhere (``mode="fill"``: for 2D features more reliable than the student's).
 
     ``text_emb`` (C, D) are the class text embeddings in the features' space.
     """
+    if mode not in ("score", "fill"):
+        raise ValueError(f"ensemble mode must be 'score' or 'fill', got {mode!r}")
     if len(fused.features) != len(distilled.features):
         raise ValueError(f"fused has {len(fused.features)} points, distilled {len(distilled.features)}")
     t = np.asarray(text_emb, np.float32)
@@ -95,7 +100,7 @@ def ensemble(fused: FeatureCloud, distilled: FeatureCloud, text_emb: np.ndarray)
     f3 = distilled.features.astype(np.float32)
     s2 = _best_score(f2, t)
     s3 = _best_score(f3, t)
-    use2d = fused.seen & (s2 >= s3)
+    use2d = fused.seen & (s2 >= s3) if mode == "score" else fused.seen.copy()
     feats = np.where(use2d[:, None], fused.features, distilled.features).astype(np.float16)
     weight = np.where(use2d, fused.weight, np.maximum(distilled.weight, 1e-6)).astype(np.float32)
     meta = {**fused.meta, "ensemble": {"fraction_2d": float(use2d.mean()) if len(use2d) else 0.0,
