@@ -100,9 +100,6 @@ def bench_scene(job: BenchJob, state: _State, name: str) -> dict:
     from .tiles import tile_budget
     budget = tile_budget(gt.cloud, cfg.scale) if gt.frames is None and not b.features else None
     if budget is not None:  # a big frame-less scene (a SensatUrban block): tile by tile
-        if cfg.instances.enabled:
-            raise InputError(gt.source, f"--instances works on one cloud, not tiles yet ({len(gt.cloud):,} points "
-                                        f"is more than --tile-points); add --tiles off")
         return _bench_tiled(job, state, name, gt, sdir, budget, t0)
     if b.features:
         fc = precomputed_features(b.features, name, gt.cloud, b.features_encoder or getattr(state.text_encoder, "spec", ""))
@@ -156,14 +153,21 @@ def _scene_instances(fc, stats, sdir: Path, cfg: RunConfig, gt, text) -> dict:
     t = time.perf_counter()
     instances_stage(fc, stats, sdir, cfg, vocabulary=ls.vocabulary(), text_encoder=text)
     inst = Instances.load(sdir / "instances.npz")
-    out = {"instances": len(inst), "instance_seconds": round(time.perf_counter() - t, 3)}
-    if gt.instances is not None:
-        lab = QueryEngine(fc, text_encoder=text).label_instances(inst, ls.vocabulary())
-        cls = np.asarray(ls.ids, np.int64)[lab.labels] if len(inst) else np.zeros(0, np.int64)
-        np.savez_compressed(sdir / "instance_eval.npz", pred=inst.ids.astype(np.int32), label=cls,
-                            score=(lab.confidence * inst.scores).astype(np.float32),
-                            gt_sem=np.asarray(gt.labels, np.int32), gt_inst=np.asarray(gt.instances, np.int32))
-    return out
+    _instance_eval(sdir, inst, QueryEngine(fc, text_encoder=text), gt)
+    return {"instances": len(inst), "instance_seconds": round(time.perf_counter() - t, 3)}
+
+
+def _instance_eval(sdir: Path, inst, engine, gt) -> None:
+    """What the split's instance AP needs of a scene (split_instance_ap): per point the predicted
+    instance and the GT, per instance its class and confidence."""
+    if gt.instances is None:
+        return
+    ls = gt.labelset
+    lab = engine.label_instances(inst, ls.vocabulary())
+    cls = np.asarray(ls.ids, np.int64)[lab.labels] if len(inst) else np.zeros(0, np.int64)
+    np.savez_compressed(sdir / "instance_eval.npz", pred=inst.ids.astype(np.int32), label=cls,
+                        score=(lab.confidence * inst.scores).astype(np.float32),
+                        gt_sem=np.asarray(gt.labels, np.int32), gt_inst=np.asarray(gt.instances, np.int32))
 
 
 def split_instance_ap(outp: Path, names: list[str], ls) -> dict | None:
@@ -198,13 +202,23 @@ def _bench_tiled(job: BenchJob, state: _State, name: str, gt, sdir: Path, budget
     ls = gt.labelset
     cfg = replace(job.run, scale=replace(job.run.scale, executor="local", workers=1),
                   output=replace(job.run.output, labels=ls.name))
-    cloud = gt.cloud.with_fields(gt_label=gt.labels)
+    with_inst = cfg.instances.enabled and gt.instances is not None
+    cloud = gt.cloud.with_fields(gt_label=gt.labels, **({"gt_instance": gt.instances} if with_inst else {}))
     spec = OracleSpec("gt_label", list(ls.class_names), labelset=ls.name)
-    oracle = replace(spec, noise=job.bench.noise, seed=job.bench.seed) if job.bench.oracle else None
+    oracle = replace(spec, noise=job.bench.noise, seed=job.bench.seed,
+                     instance_field="gt_instance" if with_inst else None) if job.bench.oracle else None
     s = run_tiled(cloud, sdir, cfg, budget=budget, oracle=oracle, gt=spec,
                   view_encoder=None if job.bench.oracle else state.view_encoder)
     if not s["tiles_done"]:
         raise InputError(gt.source, f"no tile finished ({next(iter(s['failed'].values()))['error']})")
+    if cfg.instances.enabled and (sdir / "instances.npz").is_file():
+        from .data import FeatureCloud
+        from .instances import Instances
+        from .query import QueryEngine
+        first = next(p for t in sorted((sdir / "tiles").iterdir()) if (p := t / "fused.npz").is_file())
+        text = None if job.bench.oracle else state.text_encoder
+        _instance_eval(sdir, Instances.load(sdir / "instances.npz"), QueryEngine(FeatureCloud.load(first),
+                                                                                 text_encoder=text), gt)
     out = {"scene": name, "key": job.key, "points": len(gt.cloud), "views": s["views"], "views_cached": 0,
            "tiles": s["tiles"], "tiles_failed": s["tiles_failed"], "coverage": s["eval_coverage"],
            "miou": _num(s["miou"]), "macc": _num(s["macc"]), "class_ids": s["class_ids"],

@@ -352,6 +352,13 @@ def _query_tiled(args, texts, out) -> int:
     from .tiles import TiledResult
     res = TiledResult(args.features)
     out.mkdir(parents=True, exist_ok=True)
+    if args.instances:  # the merged instances of every tile (tiles.merge_instances)
+        fc = next((fc for _, fc in res._fused()), None)
+        if fc is None:
+            raise InputError(args.features, "no tile has finished yet")
+        summary = _query_instances(args, fc, texts, out, beside=res.out / "instances.npz")
+        print_json(summary) if args.json else print("\n".join(f"wrote {f}" for f in summary["files"]))
+        return 0
     if args.format:
         raise InputError(args.features, "--format is written per scene; query a tile's fused.npz for it")
     if args.labels:
@@ -367,24 +374,31 @@ def _query_tiled(args, texts, out) -> int:
     return 0
 
 
-def _query_instances(args, fc, texts, out) -> dict:
-    """--instances: instances labelled with a vocabulary, or ranked for each text."""
+def _query_instances(args, fc, texts, out, beside=None) -> dict:
+    """--instances: instances labelled with a vocabulary, or ranked for each text. ``fc`` is the
+    result's features (one tile's for a tiled result: the instances then carry their boxes)."""
     import numpy as np
     from . import io
-    from .instances import Instances, export_instances
+    from .instances import Instances, export_instances, export_rows
     from .query import QueryEngine
-    path = args.instances if args.instances != "auto" else os.path.join(os.path.dirname(os.path.abspath(args.features)),
-                                                                       "instances.npz")
+    path = args.instances if args.instances != "auto" else str(beside or os.path.join(
+        os.path.dirname(os.path.abspath(args.features)), "instances.npz"))
     if args.instances == "auto" and not os.path.isfile(path):
         raise InputError(path, "no instances beside the features: run `pc-ovseg instances` (or run --instances) "
                                "first, or give --instances FILE")
     inst = Instances.load(path)
-    if len(inst.ids) != len(fc.cloud):
+    whole = len(inst.ids) == len(fc.cloud)
+    if not whole and (beside is None or inst.box_min is None):
         raise InputError(path, f"instances of {len(inst.ids)} points, the features have {len(fc.cloud)}")
     eng = QueryEngine(fc)
     if args.labels:
         from .labels import vocabulary
         voc = vocabulary(args.labels)["vocabulary"]
+        if not whole:   # a tiled result: the merged instances' table (their files are the run's)
+            from .store import write_json
+            write_json(out / "instances.json", {"instances": len(inst), "objects": export_rows(
+                inst, inst.boxes(), vocabulary=voc, engine=eng)})
+            return {"instances": len(inst), "files": [str(out / "instances.json")]}
         res = export_instances(out, fc, inst, vocabulary=voc, engine=eng)
         files = res["instance_files"]
         if args.format == "scannet":  # the instance benchmark's files, for `eval --instances`
@@ -399,13 +413,15 @@ def _query_instances(args, fc, texts, out) -> dict:
     for k, text in enumerate(texts):
         stem = "".join(c if c.isalnum() else "_" for c in text)[:40] + (f"_{k + 1}" if k else "")
         found = eng.instances(text, inst, top=args.top)
-        rank = np.full(len(inst.ids), -1, np.int32)
-        for r, obj in enumerate(found):
-            rank[obj.point_ids] = r
-        io.write(out / f"instances_{stem}.ply", fc.cloud, labels=rank,
-                 scores=np.where(rank >= 0, np.array([o.score for o in found] + [0.0], np.float32)[rank], 0))
-        result = {"query": text, "instances": [o.to_dict() for o in found],
-                  "files": [str(out / f"instances_{stem}.ply"), str(out / f"instances_{stem}.json")]}
+        result = {"query": text, "instances": [o.to_dict() for o in found], "files": []}
+        if whole:
+            rank = np.full(len(inst.ids), -1, np.int32)
+            for r, obj in enumerate(found):
+                rank[obj.point_ids] = r
+            io.write(out / f"instances_{stem}.ply", fc.cloud, labels=rank,
+                     scores=np.array([o.score for o in found] + [0.0], np.float32)[rank])
+            result["files"].append(str(out / f"instances_{stem}.ply"))
+        result["files"].append(str(out / f"instances_{stem}.json"))
         (out / f"instances_{stem}.json").write_text(json.dumps(result, indent=2))
         results.append(result)
         files += result["files"]
@@ -603,19 +619,37 @@ def cmd_bench(args) -> int:
 # --- distill / predict (backbone) ------------------------------------------------------------
 def _distill_args(p):
     from .config import Num
-    p.add_argument("fused", nargs="+", help="fused feature files (.npz from `pc-ovseg fuse`/`run`)")
+    p.add_argument("fused", nargs="*", help="fused feature files (.npz from `pc-ovseg fuse`/`run`)")
+    p.add_argument("--dataset", help="train on a directory of fused scenes instead (*.npz or bench's */fused.npz), "
+                                     "streamed from disk in random crops of --point-budget points")
+    p.add_argument("--val", help="directory of held-out fused scenes, validated every epoch (with --dataset)")
+    p.add_argument("--preset", choices=["openscene-indoor", "openscene-outdoor", "cpu-outdoor"],
+                   help="recipe for --dataset (docs/distill.md); options given explicitly win")
+    p.add_argument("--point-budget", type=checked(Num(int, 0, None)), default=None,
+                   help="points per random sphere crop with --dataset (0: whole scenes; default 20000)")
+    p.add_argument("--loss", choices=["cosine", "cosine+contrast", "ce"], default=None,
+                   help="with --dataset: 1-cos (default), plus a contrastive term against a label-space "
+                        "vocabulary, or supervised cross-entropy on the scenes' 'label' field")
+    p.add_argument("--schedule", choices=["poly", "cosine", "constant"], default=None,
+                   help="with --dataset: learning-rate schedule (default poly)")
+    p.add_argument("--steps-per-epoch", type=checked(Num(int, 1, None, none=True)), default=None,
+                   help="with --dataset: steps between validations (default: one crop per scene)")
+    p.add_argument("--workers", type=checked(Num(int, 0, 64)), default=0,
+                   help="with --dataset: DataLoader worker processes (0: one prefetch thread)")
+    p.add_argument("--cpu-budget", action="store_true",
+                   help="--max-minutes counts this process's CPU time instead of wall time")
     p.add_argument("--out", required=True, help="checkpoint to write (rewritten every epoch; rerun to resume)")
     p.add_argument("--epochs", type=checked(Num(int, 1, 100_000)), default=100)
     p.add_argument("--max-minutes", type=checked(Num(float, 0, None, open_lo=True, none=True)), default=None,
                    help="wall-time budget: no step starts that would end past it (judged by the last step)")
-    p.add_argument("--voxel-size", type=checked(Num(float, 0, 100, open_lo=True)), default=0.02,
-                   help="metres: 0.02 indoor, 0.05 outdoor")
+    p.add_argument("--voxel-size", type=checked(Num(float, 0, 100, open_lo=True)), default=None,
+                   help="metres: 0.02 indoor (default), 0.05 outdoor")
     p.add_argument("--color", action="store_true", help="use point colour as input (default: geometry only)")
     p.add_argument("--inputs", help="input features instead: ones, height, color, combined with '+'")
     p.add_argument("--arch", default="MinkUNet18A", help="MinkUNet14A, MinkUNet18A (OpenScene), MinkUNet18B, ...")
     p.add_argument("--planes", help="override the 8 layer widths, e.g. 16,32,64,128,64,64,48,48 (smaller = faster)")
-    p.add_argument("--lr", type=checked(Num(float, 0, 10, open_lo=True)), default=1e-3)
-    p.add_argument("--batch-size", type=checked(Num(int, 1, 1024)), default=2,
+    p.add_argument("--lr", type=checked(Num(float, 0, 10, open_lo=True)), default=None, help="default 1e-3")
+    p.add_argument("--batch-size", type=checked(Num(int, 1, 1024)), default=None,
                    help="scenes per step (per process under torchrun)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1")
     p.add_argument("--no-resume", action="store_true", help="start over even if --out exists")
@@ -632,6 +666,10 @@ def cmd_distill(args) -> int:
     from .backbone.train import distill
     from .config import resolve_device
     from .errors import InputError, check_input_path
+    if bool(args.fused) == bool(args.dataset):
+        raise InputError(None, "give fused files or --dataset DIR (one of them)")
+    if args.val and not args.dataset:
+        raise InputError(None, "--val needs --dataset")
     for f in args.fused:
         check_input_path(f)
     resolve_device(args.device)
@@ -644,10 +682,13 @@ def cmd_distill(args) -> int:
         if len(planes) != 8 or min(planes) < 1:
             raise InputError(None, f"--planes wants 8 positive comma-separated widths, got {args.planes!r}")
         overrides = {"planes": planes, "init_dim": planes[0]}
-    r = distill(args.fused, args.out, epochs=args.epochs, voxel_size=args.voxel_size, use_color=args.color,
-                inputs=args.inputs, arch=args.arch, lr=args.lr, batch_size=args.batch_size,
-                max_minutes=args.max_minutes, device=args.device, resume=not args.no_resume,
-                progress=args.progress, model_overrides=overrides)
+    if args.dataset:
+        r = _distill_dataset(args, overrides)
+    else:
+        r = distill(args.fused, args.out, epochs=args.epochs, voxel_size=args.voxel_size or 0.02,
+                    use_color=args.color, inputs=args.inputs, arch=args.arch, lr=args.lr or 1e-3,
+                    batch_size=args.batch_size or 2, max_minutes=args.max_minutes, device=args.device,
+                    resume=not args.no_resume, progress=args.progress, model_overrides=overrides)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
     loss_file = str(Path(r.checkpoint).with_suffix(".loss.csv"))  # the file train.py writes
@@ -655,6 +696,8 @@ def cmd_distill(args) -> int:
     summary = {"checkpoint": r.checkpoint, "epochs": r.epochs, "steps": r.steps, "loss": r.last_loss,
                "loss_epoch": r.loss_epoch, "loss_steps": r.loss_steps, "loss_file": loss_file,
                "seconds": round(r.seconds, 2), "stopped_early": r.stopped_early}
+    if args.dataset:
+        summary.update({"best": r.best, "validations": len(r.validation)})
     if args.json:
         print_json(summary)
         return 0
@@ -663,7 +706,29 @@ def cmd_distill(args) -> int:
     loss = (f"last epoch mean loss {r.last_loss:.4f} (epoch {r.loss_epoch}, {r.loss_steps} steps in {loss_file})"
             if r.loss_steps else "no step ran")
     print(f"wrote {r.checkpoint}: {r.epochs} epochs{partial}, {r.steps} steps in {r.seconds:.0f} s{budget}; {loss}")
+    if args.dataset and r.best:
+        print(f"best validation {r.best['metric']} {r.best['value']:.4f} (epoch {r.best['epoch']}) in {r.best['checkpoint']}")
     return 0
+
+
+def _distill_dataset(args, overrides):
+    """``distill --dataset DIR [--val DIR] [--preset NAME]``: backbone.dataset.train_dataset."""
+    from .backbone.dataset import PRESETS, CropConfig, train_dataset
+    pre = dict(PRESETS.get(args.preset, {}))
+    given = {"voxel_size": args.voxel_size, "lr": args.lr, "batch_size": args.batch_size, "loss": args.loss,
+             "schedule": args.schedule, "point_budget": args.point_budget,
+             "inputs": args.inputs or ("color" if args.color else None)}
+    if args.arch != "MinkUNet18A" or "arch" not in pre:
+        pre["arch"] = args.arch
+    opts = {**{"voxel_size": 0.05, "lr": 2e-3, "batch_size": 1, "loss": "cosine", "schedule": "poly",
+               "point_budget": 20_000, "inputs": "ones", "optimizer": "adamw"},
+            **pre, **{k: v for k, v in given.items() if v is not None}}
+    budget = opts.pop("point_budget")
+    return train_dataset(args.dataset, args.out, val=args.val, epochs=args.epochs,
+                         steps_per_epoch=args.steps_per_epoch, crop=CropConfig(point_budget=budget or None),
+                         max_minutes=args.max_minutes, cpu_budget=args.cpu_budget, workers=args.workers,
+                         device=args.device, resume=not args.no_resume, progress=args.progress,
+                         model_overrides=overrides, **opts)
 
 
 def _predict_args(p):

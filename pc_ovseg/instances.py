@@ -81,6 +81,8 @@ class Instances:
     encoder: str = ""
     class_names: list | None = None
     meta: dict = field(default_factory=dict)
+    box_min: np.ndarray | None = None     # (K, 3) world boxes when stored (instances merged over tiles)
+    box_max: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.scores)
@@ -94,8 +96,11 @@ class Instances:
         starts = np.searchsorted(sid, np.arange(len(self) + 1))
         return [order[starts[k]:starts[k + 1]] for k in range(len(self))]
 
-    def boxes(self, cloud: PointCloud) -> np.ndarray:
-        """(K, 2, 3) world-coordinate axis-aligned boxes (min, max)."""
+    def boxes(self, cloud: PointCloud | None = None) -> np.ndarray:
+        """(K, 2, 3) world-coordinate axis-aligned boxes (min, max): stored ones (instances merged
+        over tiles keep theirs), else from ``cloud``."""
+        if self.box_min is not None:
+            return np.stack([self.box_min, self.box_max], 1)
         out = np.zeros((len(self), 2, 3), np.float64)
         for k, m in enumerate(self.member_lists()):
             if len(m):
@@ -114,6 +119,8 @@ class Instances:
             arrays["features"] = self.features.astype(np.float16)
         if self.class_names:
             arrays["class_names"] = np.array(self.class_names)
+        if self.box_min is not None:
+            arrays["box_min"], arrays["box_max"] = self.box_min, self.box_max
         with atomic_write(path) as tmp:
             np.savez_compressed(tmp, **arrays)
 
@@ -133,11 +140,12 @@ class Instances:
                 views = json.loads(str(z["views"])) if "views" in z else []
                 meta = json.loads(str(z["meta"])) if "meta" in z else {}
                 enc = str(z["encoder"]) if "encoder" in z else ""
+                boxes = (z["box_min"], z["box_max"]) if "box_min" in z else None
         except (OSError, ValueError) as exc:
             raise InputError(p, f"cannot read instances: {exc}") from None
         if len(ids) and int(ids.max()) >= len(scores):
             raise InputError(p, f"instance id {int(ids.max())} but only {len(scores)} scores")
-        return cls(ids, scores, views, feats, enc, names, meta)
+        return cls(ids, scores, views, feats, enc, names, meta, *(boxes or (None, None)))
 
 
 # -- proposals -------------------------------------------------------------------------------------
@@ -511,6 +519,19 @@ def make_instances(fc: FeatureCloud, views: Callable[[], Iterator[tuple]], cfg=N
     return inst
 
 
+def export_rows(inst: Instances, boxes: np.ndarray, *, vocabulary=None, engine=None) -> list[dict]:
+    """instances.json's objects: points, score, box, best views (+ class, confidence, top 5)."""
+    sizes = np.bincount(inst.ids[inst.ids >= 0], minlength=len(inst))
+    rows = [{"id": k, "points": int(sizes[k]), "score": round(float(inst.scores[k]), 4),
+             "bbox_min": boxes[k, 0].round(4).tolist(), "bbox_max": boxes[k, 1].round(4).tolist(),
+             "views": inst.views[k][:5] if k < len(inst.views) else []} for k in range(len(inst))]
+    if vocabulary is not None and engine is not None and len(inst):
+        lab = engine.label_instances(inst, vocabulary)
+        for r, c, p, top in zip(rows, lab.labels, lab.confidence, lab.top):
+            r.update(label=lab.names[c], confidence=round(float(p), 4), top5=[[n, round(q, 4)] for n, q in top])
+    return rows
+
+
 def export_instances(out, fc: FeatureCloud, inst: Instances, *, vocabulary=None, engine=None,
                      stem: str = "instances") -> dict:
     """``instances.npz`` (ids, scores, features, views), ``instances.ply`` / ``.las`` (an
@@ -524,17 +545,10 @@ def export_instances(out, fc: FeatureCloud, inst: Instances, *, vocabulary=None,
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     inst.save(out / f"{stem}.npz")
-    boxes = inst.boxes(fc.cloud)
-    sizes = np.bincount(inst.ids[inst.ids >= 0], minlength=len(inst))
-    rows = [{"id": k, "points": int(sizes[k]), "score": round(float(inst.scores[k]), 4),
-             "bbox_min": boxes[k, 0].round(4).tolist(), "bbox_max": boxes[k, 1].round(4).tolist(),
-             "views": inst.views[k][:5] if k < len(inst.views) else []} for k in range(len(inst))]
-    if vocabulary is not None and len(inst):
+    if vocabulary is not None and engine is None:
         from .query import QueryEngine
-        engine = engine or QueryEngine(fc)
-        lab = engine.label_instances(inst, vocabulary)
-        for r, c, p, top in zip(rows, lab.labels, lab.confidence, lab.top):
-            r.update(label=lab.names[c], confidence=round(float(p), 4), top5=[[n, round(q, 4)] for n, q in top])
+        engine = QueryEngine(fc)
+    rows = export_rows(inst, inst.boxes(fc.cloud), vocabulary=vocabulary, engine=engine)
     colors = np.tile(UNSEEN_RGB, (len(inst.ids), 1)).astype(np.uint8)
     if len(inst):
         pal = palette(len(inst) + 20)[20:]  # past the class colours: instances never look like labels

@@ -262,9 +262,6 @@ def run(path: str, out_dir: str | Path, cfg: RunConfig | None = None, *, view_en
     cfg = cfg or RunConfig()
     from .tiles import run_tiled, tile_budget
     budget = tile_budget(path, cfg.scale)
-    if budget is not None and cfg.instances.enabled:
-        raise InputError(path, f"--instances works on one cloud, not tiles yet: this cloud is tiled (more than "
-                               f"{cfg.scale.tile_points:,} points); add --tiles off")
     if budget is not None:  # bigger than a tile: split, run tile by tile (pc_ovseg.tiles)
         return run_tiled(path, out_dir, cfg, budget=budget, view_encoder=view_encoder)
     from .labels import vocabulary

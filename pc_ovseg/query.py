@@ -260,13 +260,19 @@ class QueryEngine:
         diff = sims[:, 0] - sims[:, 1:].amax(dim=1) if len(negatives) else sims[:, 0]
         rel = torch.sigmoid(diff * 10.0).cpu().numpy()
         score = rel * inst.scores
-        order = [int(k) for k in np.argsort(-score, kind="stable") if rel[k] >= min_relevance][:top]
+        order = [int(k) for k in np.argsort(-score, kind="stable") if rel[k] > min_relevance][:top]
         members = inst.member_lists()
+        # boxes stored with the instances (a tiled cloud's), else from this cloud's points
+        boxes = inst.boxes() if inst.box_min is not None else None
         out = []
         for k in order:
-            p = self.fc.cloud.xyz[members[k]].astype(np.float64) + self.fc.cloud.origin
+            if boxes is not None:
+                lo, hi = boxes[k]
+            else:
+                p = self.fc.cloud.xyz[members[k]].astype(np.float64) + self.fc.cloud.origin
+                lo, hi = p.min(0), p.max(0)
             out.append(Instance3D(k, members[k], float(score[k]), float(rel[k]), float(inst.scores[k]),
-                                  p.min(0), p.max(0), list(inst.views[k][:5]) if k < len(inst.views) else []))
+                                  lo, hi, list(inst.views[k][:5]) if k < len(inst.views) else []))
         return out
 
     def relevancy(self, text: str, negatives=CANONICAL_NEGATIVES, *, temperature: float = 10.0) -> np.ndarray:

@@ -25,7 +25,7 @@ import json
 import os
 import shutil
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
@@ -339,6 +339,7 @@ class OracleSpec:
     seed: int = 0
     divide: int = 1
     labelset: str | None = None       # score through this LabelSet (its prompts, ids) rather than the names
+    instance_field: str | None = None  # GT instance ids: the 2D masks are then the GT instances
 
     def labels(self, cloud: PointCloud) -> np.ndarray:
         from .oracle import load_gt
@@ -346,7 +347,9 @@ class OracleSpec:
 
     def encoder(self, cloud: PointCloud):
         from .oracle import OracleLabels
-        return OracleLabels(self.labels(cloud), list(self.class_names), noise=self.noise, seed=self.seed)
+        inst = np.asarray(cloud.fields[self.instance_field]) if self.instance_field else None
+        return OracleLabels(self.labels(cloud), list(self.class_names), noise=self.noise, seed=self.seed,
+                            instances=inst)
 
 
 @dataclass
@@ -401,6 +404,13 @@ def run_tile(job: TileJob, state: _TileState, tile: Tile) -> dict:
         from .pipeline import ensemble_with_distilled
         fc = ensemble_with_distilled(fc, state.distilled, _voc(cfg.output.labels)["vocabulary"], tdir,
                                      tta=cfg.output.tta, device=cfg.encoder.device, text_encoder=text)
+    n_inst = None
+    if cfg.instances.enabled:   # on core + halo: objects across the seam are whole here (merge_instances)
+        from .instances import make_instances
+        inst = make_instances(fc, lambda: stats.cached_views(), cfg.instances)
+        inst.views = [[f"{tile.name}/{v}" for v in vs] for vs in inst.views]
+        inst.save(tdir / "instances.npz")
+        n_inst = len(inst)
     keep = np.flatnonzero(core)
     fcc = FeatureCloud(cloud.select(keep), fc.features[keep], fc.weight[keep], fc.view_count[keep],
                        encoder=fc.encoder, class_names=fc.class_names, meta={**fc.meta, "tile": tile.name})
@@ -419,6 +429,8 @@ def run_tile(job: TileJob, state: _TileState, tile: Tile) -> dict:
          "views": stats.views, "views_cached": stats.cached, "coverage": round(fcc.coverage, 6),
          "timings": {k: round(v, 3) for k, v in stats.timings.items()},
          "seconds": round(time.perf_counter() - t0, 3), "peak_rss_mb": peak_memory_mb(), "worker_pid": os.getpid()}
+    if n_inst is not None:
+        r["instances"] = n_inst
     gt = job.gt or job.oracle
     if gt is not None:
         from .query import QueryEngine
@@ -465,7 +477,7 @@ def run_tiled(source, out, cfg: RunConfig | None = None, *, budget: int | None =
     t_split = time.perf_counter() - t0
     enc_parts = cfg.cache_parts(view_encoder) if oracle is None else {**cfg.cache_parts(), "encoder": oracle.__dict__}
     key = digest(index.stamp, index.budget, index.halo, enc_parts, cfg.output.labels, file_stamp(cfg.output.distilled),
-                 cfg.output.compress,
+                 cfg.output.compress, asdict(cfg.instances) if cfg.instances.enabled else None,
                  None if gt is None else gt.__dict__, length=16)
     done = {t.name: r for t in index.tiles if (r := finished(out / "tiles" / t.name / "result.json", key))}
     todo = [t for t in index.tiles if t.name not in done]
@@ -487,6 +499,11 @@ def run_tiled(source, out, cfg: RunConfig | None = None, *, budget: int | None =
     t = time.perf_counter()
     merged = merge_labels(out, [t for t in index.tiles if t.name in done], cfg.output.formats,
                           laz=str(index.source).lower().endswith(".laz")) if cfg.output.labels else []
+    inst_summary = {}
+    if cfg.instances.enabled and results:
+        voc = vocabulary(cfg.output.labels)["vocabulary"] if cfg.output.labels else None
+        inst_summary = merge_instances(out, [t for t in index.tiles if t.name in done], index.points,
+                                       vocabulary=voc, text_encoder=getattr(view_encoder, "encoder", None))
     t_merge = time.perf_counter() - t
     core = sum(r["core_points"] for r in results)
     cov = sum(r["coverage"] * r["core_points"] for r in results) / max(core, 1)
@@ -494,7 +511,8 @@ def run_tiled(source, out, cfg: RunConfig | None = None, *, budget: int | None =
                "tiles_cached": len(index.tiles) - len(todo), "tiles_failed": len(failed), "failed": failed,
                "budget": index.budget, "halo": index.halo, "kind": index.kind,
                "views": sum(r["views"] for r in results), "coverage": round(cov, 6),
-               "executor": sc.executor, "workers": workers, "merged": merged,
+               "executor": sc.executor, "workers": workers, "merged": merged + inst_summary.get("instance_files", []),
+               **({"instances": inst_summary["instances"]} if inst_summary else {}),
                "per_tile": [{k: r.get(k) for k in ("tile", "points", "core_points", "views", "coverage", "seconds",
                                                    "peak_rss_mb", "miou")} for r in results],
                "timings": {"split": round(t_split, 3), "tiles": round(sum(r["seconds"] for r in results), 3),
@@ -610,6 +628,133 @@ def merge_las(paths: list[Path], dest: Path) -> None:
                                 rec[d] = pts[d]
                         rec.x, rec.y, rec.z = pts.x, pts.y, pts.z
                         w.write_points(rec)
+
+
+# --- instances across tiles -------------------------------------------------------------------------
+
+SEAM_LINK = 0.5   # two tiles' instances are one where they share this share of the smaller one's part in the halo
+
+
+def merge_instances(out, tiles: list[Tile], n_points: int, *, vocabulary=None, text_encoder=None) -> dict:
+    """Every tile's instances (made on core + halo) joined into instances of the whole cloud.
+
+    A point belongs to the instance its own tile (the one whose core holds it) gave it. An
+    instance reaching into a neighbour's core through the halo meets the neighbour's instances
+    there: when it and one of them share at least ``SEAM_LINK`` of the smaller of the two parts
+    inside the halo (its own halo points, the neighbour's points in this halo), they are one object. Memory: per-point codes of the whole cloud (8 bytes a point) and one tile.
+    Writes ``OUT/instances.npz`` (ids in source order, scores, features, boxes, views),
+    ``OUT/instances.ply|las`` (tile by tile, merged as labels are) and ``OUT/instances.json``."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    from .instances import Instances, export_rows
+    out = Path(out)
+    loaded = [(t, Path(out) / "tiles" / t.name / "instances.npz") for t in tiles]
+    loaded = [(t, p) for t, p in loaded if p.is_file()]
+    base, total = {}, 0
+    owner = np.full(n_points, -1, np.int64)
+    for t, p in loaded:          # pass 1: the instance that owns each point (its own tile's)
+        cloud, core = load_tile(out, t)
+        inst = Instances.load(p)
+        base[t.name] = total
+        pid = cloud.fields["point_id"][core]
+        ids = inst.ids[core]
+        owner[pid] = np.where(ids >= 0, ids + total, -1)
+        total += len(inst)
+    links = []
+    for t, p in loaded:          # pass 2: halo points link an instance to the neighbour's owning one
+        cloud, core = load_tile(out, t)
+        inst = Instances.load(p)
+        mine, theirs = inst.ids[~core], owner[cloud.fields["point_id"][~core]]
+        ok = (mine >= 0) & (theirs >= 0)
+        if not ok.any():
+            continue
+        a = mine[ok] + base[t.name]
+        key, cnt = np.unique(a * max(total, 1) + theirs[ok], return_counts=True)
+        ka, kb = key // max(total, 1), key % max(total, 1)
+        mine_in_halo = np.bincount(a, minlength=total)                   # this tile's part past its core
+        theirs_in_halo = np.bincount(theirs[theirs >= 0], minlength=total)  # the neighbour's part in this halo
+        sel = cnt >= SEAM_LINK * np.minimum(mine_in_halo[ka], theirs_in_halo[kb])
+        links.append(np.stack([ka[sel], kb[sel]], 1))
+    pairs = np.concatenate(links) if links else np.zeros((0, 2), np.int64)
+    g = coo_matrix((np.ones(len(pairs), np.int8), (pairs[:, 0], pairs[:, 1])), shape=(max(total, 1),) * 2)
+    comp = connected_components(g, directed=False)[1][:total]
+    # global ids: components that own at least one point, by first appearance
+    owned = np.bincount(owner[owner >= 0], minlength=total) if total else np.zeros(0, np.int64)
+    live = np.unique(comp[owned > 0]) if total else np.zeros(0, np.int64)
+    gid_of_comp = np.full(int(comp.max()) + 1 if total else 1, -1, np.int64)
+    gid_of_comp[live] = np.arange(len(live))
+    gid = gid_of_comp[comp] if total else np.zeros(0, np.int64)
+    K = len(live)
+    ids_all = np.where(owner >= 0, gid[np.maximum(owner, 0)] if total else -1, -1)
+    del owner
+    # pass 3: per-instance score, feature and views (weighted by the points each part owns)
+    w = np.zeros(K)
+    score = np.zeros(K)
+    feats = None
+    views: list[list] = [[] for _ in range(K)]
+    lo = np.full((K, 3), np.inf)
+    hi = np.full((K, 3), -np.inf)
+    for t, p in loaded:
+        inst = Instances.load(p)
+        codes = np.arange(len(inst)) + base[t.name]
+        n_own = owned[codes].astype(np.float64)
+        g_ = gid[codes]
+        use = (g_ >= 0) & (n_own > 0)
+        np.add.at(w, g_[use], n_own[use])
+        np.add.at(score, g_[use], n_own[use] * inst.scores[use])
+        if inst.features is not None and inst.features.shape[1]:
+            if feats is None:
+                feats = np.zeros((K, inst.features.shape[1]))
+            np.add.at(feats, g_[use], n_own[use, None] * inst.features[use].astype(np.float64))
+        for k in np.flatnonzero(use):
+            views[g_[k]].append((n_own[k], inst.views[k] if k < len(inst.views) else []))
+        cloud, core = load_tile(out, t)
+        gc = ids_all[cloud.fields["point_id"][core]]
+        m = gc >= 0
+        xyz = cloud.xyz[core][m].astype(np.float64) + cloud.origin
+        np.minimum.at(lo, gc[m], xyz)
+        np.maximum.at(hi, gc[m], xyz)
+    score = (score / np.maximum(w, 1e-9)).astype(np.float32)
+    if feats is not None:
+        feats = (feats / np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-8)).astype(np.float32)
+    merged_views = [[v for _, vs in sorted(parts, key=lambda x: -x[0]) for v in vs][:20] for parts in views]
+    first = Instances.load(loaded[0][1]) if loaded else None
+    inst = Instances(ids_all, score, merged_views, feats, first.encoder if first else "",
+                     first.class_names if first else None,
+                     {"tiles": len(loaded), "tile_instances": total, "seam_links": int(len(pairs)),
+                      "feature": (first.meta or {}).get("feature") if first else None}, lo, hi)
+    inst.save(out / "instances.npz")
+    # per tile: its core points with their global ids, merged as the labels are
+    from . import io
+    from .colors import UNSEEN_RGB, palette
+    pal = palette(K + 20)[20:]
+    parts = {"ply": [], "las": []}
+    for t, _ in loaded:
+        cloud, core = load_tile(out, t)
+        cc = cloud.select(np.flatnonzero(core))
+        gc = ids_all[cc.fields["point_id"]].astype(np.int32)
+        colors = np.tile(UNSEEN_RGB, (len(gc), 1)).astype(np.uint8)
+        colors[gc >= 0] = pal[gc[gc >= 0]]
+        extra = {"instance": gc, "instance_score": np.where(gc >= 0, score[np.maximum(gc, 0)] if K else 0, 0).astype(np.float32)}
+        for ext in parts:
+            dest = out / "tiles" / t.name / f"instances.{ext}"
+            io.write(dest, cc, colors=colors, extra=extra)
+            parts[ext].append(dest)
+    files = [str(out / "instances.npz")]
+    if parts["ply"]:
+        merge_ply(parts["ply"], out / "instances.ply")
+        merge_las(parts["las"], out / "instances.las")
+        files += [str(out / "instances.ply"), str(out / "instances.las")]
+    engine = None
+    if vocabulary is not None and K and feats is not None:
+        from .query import QueryEngine
+        engine = QueryEngine(FeatureCloud.load(out / "tiles" / loaded[0][0].name / "fused.npz"), text_encoder=text_encoder)
+    rows = export_rows(inst, np.stack([lo, hi], 1) if K else np.zeros((0, 2, 3)), vocabulary=vocabulary, engine=engine)
+    write_json(out / "instances.json", {"instances": K, "points_in_instances": int((ids_all >= 0).sum()),
+                                        "tiles": len(loaded), "seam_links": int(len(pairs)), "objects": rows})
+    files.append(str(out / "instances.json"))
+    return {"instances": K, "instance_files": files}
 
 
 # --- querying a tiled result ------------------------------------------------------------------------

@@ -69,3 +69,20 @@ def test_cli_scannet200_instances(root, tmp_path):
     assert "instances: AP" in p.stdout
     md = (tmp_path / "o" / "results.md").read_text()
     assert "Open-YOLO 3D" in md and "OpenMask3D" in md   # published instance AP beside ours
+
+
+def test_tiled_scenes_get_instances_and_ap(tmp_path_factory, shared_data, tmp_path):
+    """A SemanticKITTI scan (frame-less: rendered views) bigger than a tile: instances per tile,
+    joined over the seams, scored with the split (things only: stuff has no instance ids)."""
+    from dataset_fixtures_other import write_semantickitti
+    root = tmp_path_factory.mktemp("kitti_inst") / "dataset"
+    write_semantickitti(root, shared_data)
+    cfg = _cfg()
+    cfg.scale.tile_points = 60_000
+    s = run_bench("semantickitti", root, tmp_path, cfg, BenchConfig(oracle=True, split="val", scenes="08_000000"))
+    assert s["scenes_done"] == 1 and s["instance_scenes"] == 1, s["failed"]
+    r = json.loads((tmp_path / "08_000000" / "result.json").read_text())
+    assert r["tiles"] >= 2
+    assert (tmp_path / "08_000000" / "instances.ply").is_file()
+    agn = s["instance_ap_class_agnostic"]
+    assert agn["ap50"] >= 0.5, agn
