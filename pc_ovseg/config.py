@@ -173,14 +173,17 @@ class EncoderConfig(_Checked):
                                   choices=("qq", "csa", "kk", "naclip", "qk"))
     dense_windows: str = option("slide", "dense CLIP over model-size sliding windows, or the whole image at once",
                                 choices=("slide", "whole"))
-    dense_short_side: int | None = option(None, "image short side for dense CLIP (default: the model input, e.g. "
-                                          "224; 448 is finer)", check=Num(int, 32, 4096, none=True), metavar="PX")
+    dense_short_side: int | None = option(None, "image short side for dense CLIP (default: on a GPU twice the "
+                                          "model input, 448 for ViT-B/16 as ClearCLIP; on a CPU the model input, "
+                                          "224)", check=Num(int, 32, 4096, none=True), metavar="PX")
     dense_cls_bias: float = option(0.0, "subtract this fraction of the image embedding from every dense feature "
                                    "(opt-in: untuned, not measured with pretrained weights; 0 = ClearCLIP)",
                                    check=Num(float, 0, 1))
     clip_precision: str = option("auto", "auto = fp16 on CUDA, fp32 on CPU", choices=("auto", "fp32", "fp16", "bf16"))
     sam_pred_iou_thresh: float = option(0.88, "SAM predicted-IoU threshold", check=Num(float, 0, 1))
     sam_stability_thresh: float = option(0.95, "SAM stability-score threshold", check=Num(float, 0, 1))
+    sam2_pred_iou_thresh: float = option(0.8, "SAM 2 predicted-IoU threshold (SAM 2's own default; its stability "
+                                         "threshold is --sam-stability-thresh, 0.95 in both)", check=Num(float, 0, 1))
     device: str = option("auto", "cpu, cuda, cuda:1, or auto")
 
     def resolved_masks(self) -> str:
@@ -219,7 +222,7 @@ class EncoderConfig(_Checked):
                 mask_kw["points_per_side"] = self.sam_points_per_side
         elif masks in ("sam2", "sam2_3d"):
             mask_kw = {"checkpoint": self.sam2_checkpoint, "model": self.sam2_model, "device": self.device,
-                       "image_size": self.sam2_image_size, "pred_iou_thresh": self.sam_pred_iou_thresh,
+                       "image_size": self.sam2_image_size, "pred_iou_thresh": self.sam2_pred_iou_thresh,
                        "stability_score_thresh": self.sam_stability_thresh}
             if masks == "sam2":
                 mask_kw["points_per_side"] = self.sam_points_per_side

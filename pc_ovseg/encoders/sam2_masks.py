@@ -162,7 +162,7 @@ def checkpoint_size(checkpoint: str | None) -> str | None:
 class Sam2Masks:
     """One SAM 2 model's image embedding and batched point decoding, independent of any View."""
 
-    def __init__(self, model, points_per_batch: int = 16):
+    def __init__(self, model, points_per_batch: int = 4):
         from sam2.utils.transforms import SAM2Transforms
         self.model = model
         self.image_size = int(model.image_size)
@@ -260,7 +260,7 @@ class Sam2Masks:
 class _Sam2Base(MaskSource):
     def __init__(self, checkpoint: str | None = None, model: str = "auto", device: str = "auto",
                  image_size: int = 1024, pred_iou_thresh: float = 0.8, stability_score_thresh: float = 0.95,
-                 points_per_batch: int = 16, min_area: int = 0, nms_thresh: float = 0.7, sam2=None, **_):
+                 points_per_batch: int = 4, min_area: int = 0, nms_thresh: float = 0.7, sam2=None, **_):
         self.checkpoint, self.model = checkpoint, model
         self.device = resolve_device(device)
         self.image_size = int(image_size)
