@@ -4,7 +4,8 @@
     python scripts/bench_mapping.py [--frames 1000] [--voxel-size 0.05] --json
 
 1. geometry: the 100 shared frames looped to ``--frames`` through ``add_rgbd`` (no encoder):
-   update time per frame, voxels and RSS after the first 100 frames and after all of them
+   update time per frame (wall clock, and CPU time of the updating thread: the machine may be
+   shared), voxels and RSS after the first 100 frames and after all of them
    (a looping sequence adds no voxels after the first loop: memory must follow voxels);
 2. keyframe fusion: every 10th frame fused with oracle label maps (a fixed labelled cloud
    seen from the frame) and with 512-d features (CLIP's width; random low-res dense grids), the
@@ -67,14 +68,17 @@ def main() -> None:
     # 1. geometry, looped
     base = rss_mb()
     smap = SemanticMap(a.voxel_size, config=cfg)
-    rss = {}
+    rss, cpu = {}, []
     for k in range(a.frames):
+        c0 = time.thread_time()   # CPU time of this thread: what the update costs when others share the cores
         smap.add_rgbd(frames[k % len(frames)])
+        cpu.append(time.thread_time() - c0)
         if k + 1 in (100, a.frames):
             rss[k + 1] = (rss_mb(), smap.size)
     upd = smap.timings["update"]
     (r100, v100), (r_end, v_end) = rss[100], rss[a.frames]
     out.update(update_ms_median=ms(upd), update_ms_p90=round(1e3 * float(np.percentile(upd, 90)), 2),
+               update_cpu_ms_median=ms(cpu), load_average_1min=round(os.getloadavg()[0], 2),
                voxels_after_100=v100, voxels_after_all=v_end, rss_mb_after_100=round(r100, 1),
                rss_mb_after_all=round(r_end, 1), rss_growth_100_to_all=round(r_end / r100 - 1, 4),
                map_mb_geometry=round((r100 - base), 1),

@@ -481,14 +481,15 @@ def _valid_pose(pose: np.ndarray) -> bool:
 def _in_front(xyz: np.ndarray, cam: Camera) -> np.ndarray:
     """Ids of the map voxels that project into the camera's image in front of it (the candidates
     frame_view then depth-tests; keeps its per-cloud spacing on the seen part of the map)."""
-    w2c = cam.world_to_cam
-    pc = xyz @ w2c[:3, :3].T.astype(np.float32) + w2c[:3, 3].astype(np.float32)
-    z = pc[:, 2]
+    w2c = cam.world_to_cam.astype(np.float32)
+    px, py, pz = (w2c[a, 0] * xyz[:, 0] + w2c[a, 1] * xyz[:, 1] + w2c[a, 2] * xyz[:, 2] + w2c[a, 3]
+                  for a in range(3))  # per axis: an (N, 3) @ (3, 3) matmul is slow
+    z = pz
     ok = z > 1e-3
     K = cam.K
     with np.errstate(divide="ignore", invalid="ignore"):
-        u = K[0, 0] * pc[:, 0] / z + K[0, 2]
-        v = K[1, 1] * pc[:, 1] / z + K[1, 2]
+        u = K[0, 0] * px / z + K[0, 2]
+        v = K[1, 1] * py / z + K[1, 2]
     ok &= (u >= -0.5) & (v >= -0.5) & (u < cam.width - 0.5) & (v < cam.height - 0.5)
     return np.flatnonzero(ok)
 
