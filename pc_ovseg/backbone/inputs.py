@@ -29,6 +29,13 @@ def _height(cloud: PointCloud) -> np.ndarray:
     return (z - base).astype(np.float32)[:, None]
 
 
+def _z(cloud: PointCloud) -> np.ndarray:
+    """z as it is (metres in the cloud's frame): for a LiDAR scan in the sensor frame, height
+    relative to the sensor, the same in every crop and scan (unlike ``height``, which is relative to
+    the 2nd-percentile floor of whatever cloud it is given)."""
+    return cloud.xyz[:, 2:3].astype(np.float32)
+
+
 def _color(cloud: PointCloud) -> np.ndarray:
     if cloud.rgb is None:
         raise InputError(cloud.source, "the model takes colour input but this cloud has no colour")
@@ -50,6 +57,7 @@ def _normals(cloud: PointCloud) -> np.ndarray:
 INPUT_FEATURES: dict[str, tuple[int, Callable[[PointCloud], np.ndarray]]] = {
     "ones": (1, _ones),
     "height": (1, _height),
+    "z": (1, _z),
     "color": (3, _color),
     "normals": (1, _normals),
 }
