@@ -321,7 +321,8 @@ class Trainer:
                          "spec": self.spec.to_dict(), "epoch": s.epoch, "steps": s.step, "history": s.history,
                          **self.meta}, self.out_ckpt)
         write_loss_curve(s.history, self.out_ckpt.with_suffix(".loss.csv"), self.out_ckpt.with_suffix(".loss.png"),
-                         val=self.val_curve, val_name=self.val_name)
+                         val=self.val_curve, val_name=self.val_name,
+                         loss_name={"cosine": "1 - cos", "ce": "cross-entropy"}.get(self.loss, self.loss))
 
 
 def _resume(path: Path, spec: UNetSpec, model, opt) -> TrainState:
@@ -419,7 +420,7 @@ def _any_across(flag: bool, world: int, dev: torch.device) -> bool:
 
 
 def write_loss_curve(history: list[dict], csv_path: Path, png_path: Path | None = None, size=(640, 360),
-                     val: list | None = None, val_name: str = "") -> None:
+                     val: list | None = None, val_name: str = "", loss_name: str = "1 - cos") -> None:
     """Per-step losses as CSV (``started``/``seconds``: the step's start and end, seconds since the
     run began) and a small PNG line plot (drawn with PIL, no plotting dependency); ``val``
     (step, value) pairs of validations are drawn in blue on their own 0..1 scale."""
@@ -444,7 +445,7 @@ def write_loss_curve(history: list[dict], csv_path: Path, png_path: Path | None 
         d.line(list(zip(xs.tolist(), ys.tolist())), fill=(200, 60, 40), width=2)
     else:
         d.ellipse([xs[0] - 2, ys[0] - 2, xs[0] + 2, ys[0] + 2], fill=(200, 60, 40))
-    d.text((pad, 8), f"distillation loss (1 - cos), {len(loss)} steps", fill="black")
+    d.text((pad, 8), f"training loss ({loss_name}), {len(loss)} steps", fill="black")
     d.text((4, pad - 6), f"{hi:.3f}", fill="black")
     d.text((4, H - pad - 6), f"{lo:.3f}", fill="black")
     d.text((W - pad - 60, H - pad + 8), f"step {history[-1]['step']}", fill="black")

@@ -427,6 +427,10 @@ def commands() -> None:
             "--clip-weights", "{C}/" + name, "--masks", "superpixels")
     cmd("distill resume from junk", "not a checkpoint", "distill", "{C}/fused_good.npz", "--out", "{C}/ckpt_junk.pt")
     cmd("distill resume from code", "refused", "distill", "{C}/fused_good.npz", "--out", "{C}/ckpt_code.pt")
+    cmd("distill --dataset missing dir", "is not a directory of fused scenes", "distill", "--dataset",
+        "{C}/no_such_dir", "--out", "{OUT}/s.pt")
+    cmd("distill --val without --dataset", "--val needs --dataset", "distill", "{C}/fused_good.npz", "--val",
+        "{C}", "--out", "{OUT}/s.pt")
 
     # vocabularies
     cput("vocab_empty.txt", "")
