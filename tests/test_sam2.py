@@ -77,6 +77,11 @@ def test_masks_equal_the_packages_predictor(tiny_ckpt, shared_data):
     np.testing.assert_array_equal(idx.numpy(), np.arange(len(xy)))
     np.testing.assert_allclose(best_iou.numpy(), ref_iou.max(1), atol=2e-5)
     np.testing.assert_allclose(low.clamp(-32, 32).numpy(), ref_best, atol=1e-5)
+    # an IoU threshold drops prompts before the upscaling; the kept ones' logits do not change
+    thr = float(np.median(ref_iou.max(1)))
+    low_k, iou_k, idx_k, _ = w.decode(w.embed(rgb), xy, view.hw, pred_iou_thresh=thr)
+    np.testing.assert_array_equal(idx_k.numpy(), np.nonzero(best_iou.numpy() >= thr)[0])
+    np.testing.assert_allclose(low_k.numpy(), low[idx_k].numpy(), atol=1e-5)
     # everything kept (no thresholds, NMS off): the kept masks are the predictor's best mask per prompt,
     # pixel for pixel wherever its logit is not within float rounding of the threshold
     kept = w.masks(rgb, xy, pred_iou_thresh=-1, stability_thresh=-1, nms_thresh=1.0)
