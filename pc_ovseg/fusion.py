@@ -21,7 +21,7 @@ import numpy as np
 
 from . import native
 from .data import FeatureCloud, PointCloud, View, ViewFeatures
-from .geometry import geometric_segments, pool_over_segments, smooth_features
+from .geometry import geometric_segments, lift_weak_points, pool_over_segments, smooth_features
 
 
 @dataclass
@@ -47,6 +47,9 @@ class FusionConfig:
                                   # (see _contrast): masks that all agree are all kept
     mask_points: float = 10.0     # masks with less other evidence than this many points are
                                   # judged leniently (score shrunk toward the typical good mask)
+    weak_evidence: float = 1.0    # points with less evidence than this (one agreeing view)
+                                  # take their k strong neighbours' answer (0 = off): no stray classes
+    weak_k: int = 8
     smoothing: float = 0.0        # 0 = off; else blend with the kNN mean of fused features
     smoothing_k: int = 8
 
@@ -324,6 +327,8 @@ class FeatureFusion:
             views = self.count if self.support is None else self.support  # masks found wrong count less
             evidence = np.minimum(views, self.cfg.evidence_cap).astype(np.float32) * agreement
             pool_over_segments(fc, geometric_segments(cloud), evidence, self.cfg.segments)
+            if self.cfg.weak_evidence > 0:
+                lift_weak_points(fc, evidence, self.cfg.weak_evidence, self.cfg.weak_k)
         if self.cfg.smoothing > 0:
             smooth_features(fc, self.cfg.smoothing, self.cfg.smoothing_k)
         return fc

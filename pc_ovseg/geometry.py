@@ -187,3 +187,27 @@ def smooth_features(fc: FeatureCloud, strength: float = 0.5, k: int = 8, chunk: 
         mixed /= np.maximum(np.linalg.norm(mixed, axis=1, keepdims=True), 1e-8)
         out[s:s + chunk] = mixed.astype(np.float16)
     fc.features[seen] = out
+
+
+def lift_weak_points(fc: FeatureCloud, evidence: np.ndarray, threshold: float, k: int = 8) -> int:
+    """Points the views barely back (evidence below ``threshold``: seen once or twice by views
+    that disagree, or by masks the check found wrong) take the evidence-weighted answer of their
+    k nearest seen neighbours (in place; returns how many). Their own segment cannot overrule
+    them when it is as small as they are: a stray label on 1-10 isolated points otherwise
+    survives as a class the scene does not have. A real small object (a sign, a bicycle: several
+    views agreeing) has evidence far above the threshold and keeps its own answer.
+    """
+    seen = fc.seen
+    weak = np.flatnonzero(seen & (evidence < threshold))
+    strong = np.flatnonzero(seen & (evidence >= threshold))
+    if len(weak) == 0 or len(strong) < k:
+        return 0
+    tree = cKDTree(fc.cloud.xyz[strong].astype(np.float64))
+    _, nn = tree.query(fc.cloud.xyz[weak].astype(np.float64), k=k, workers=-1)
+    nb = strong[nn]                                                   # (W, k)
+    w = evidence[nb].astype(np.float32)[..., None]
+    mixed = (w * fc.features[nb].astype(np.float32)).sum(1)
+    mixed += evidence[weak, None].astype(np.float32) * fc.features[weak].astype(np.float32)
+    mixed /= np.maximum(np.linalg.norm(mixed, axis=1, keepdims=True), 1e-8)
+    fc.features[weak] = mixed.astype(np.float16)
+    return len(weak)

@@ -41,6 +41,8 @@ def main(argv=None) -> int:
     ap.add_argument("--evidence-cap", type=float, default=None, help="fusion: views counted as evidence, at most")
     ap.add_argument("--balance-power", type=float, default=None, help="fusion: 1 = granularities equal, 0 = plain mean")
     ap.add_argument("--not-drawn", type=float, default=None, help="fusion: weight where another point is drawn")
+    ap.add_argument("--weak-evidence", type=float, default=None,
+                    help="fusion: points backed by less evidence take their strong neighbours' answer (0 = off)")
     ap.add_argument("--tiles", default="auto",
                     help="auto (tile clouds of more than --tile-points), off, or N points per tile (pc_ovseg.tiles)")
     ap.add_argument("--tile-points", type=int, default=None)
@@ -72,7 +74,7 @@ def main(argv=None) -> int:
         valid = gt_eval >= 0
         frames = io.read_frames(args.frames) if args.frames else None
         knobs = {k: getattr(args, k) for k in ("mask_check", "segments", "evidence_cap", "balance_power",
-                                               "not_drawn")}
+                                               "not_drawn", "weak_evidence")}
         cfg = FusionConfig(**{k: v for k, v in knobs.items() if v is not None})
         view_kw = {k: getattr(args, k) for k in ("min_views", "zoom") if getattr(args, k) is not None}
         from pc_ovseg.config import ScaleConfig

@@ -164,7 +164,7 @@ def test_mask_check_discounts_a_2d_mask_the_other_views_contradict(class_cos):
     def labels(cfg):
         return (fuse(cloud, items, 3, cfg=cfg).features.astype(np.float32) @ emb.T).argmax(1)
 
-    off, on = labels(FusionConfig(mask_check=0)), labels(FusionConfig())
+    off, on = labels(FusionConfig(mask_check=0, weak_evidence=0)), labels(FusionConfig())
     assert (off[left] == 0).all() and (off[right] == 1).all()
     assert (on == 0).all()
 
